@@ -1,0 +1,1 @@
+"""The reference methods, shipped as ``udabench.methods``; importing this registers them."""

@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+
+from udabench.config import Config, TrainConfig, apply_overrides, load_config, merge_sets, parse_set
+from udabench.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "udabench.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_file_loads_and_matches_defaults(monkeypatch):
+    monkeypatch.delenv("UDABENCH_DATA", raising=False)
+    cfg = load_config(REPO / "udabench.toml")
+    assert isinstance(cfg, Config)
+    assert cfg.train == TrainConfig()
+    assert cfg.paths.data_root == Path("data")
+
+
+def test_precedence_defaults_file_set(tmp_path):
+    p = write(tmp_path, "[train]\niters = 100\nlog_every = 5\n")
+    cfg = load_config(p, sets=["train.iters=7"])
+    assert cfg.train.iters == 7  # --set beats the file
+    assert cfg.train.log_every == 5  # file beats the default
+    assert cfg.train.num_workers == TrainConfig().num_workers
+
+
+def test_env_overrides_data_root(tmp_path, monkeypatch):
+    p = write(tmp_path, '[paths]\ndata_root = "/somewhere"\n')
+    monkeypatch.setenv("UDABENCH_DATA", str(tmp_path / "d"))
+    assert load_config(p).paths.data_root == tmp_path / "d"
+
+
+def test_unknown_key_names_file_line_and_suggestion(tmp_path):
+    p = write(tmp_path, "[train]\n\nitres = 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) + ":3" in msg and "'itres'" in msg and "did you mean 'iters'" in msg
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown section \[trian\].*did you mean 'train'"):
+        load_config(write(tmp_path, "[trian]\niters = 3\n"))
+
+
+def test_wrong_type_names_key(tmp_path):
+    p = write(tmp_path, '[train]\niters = "many"\n')
+    with pytest.raises(ConfigError, match=r":2: train.iters: expected an integer, got 'many'"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config(write(tmp_path, "[train]\ncompile = 1\n"))
+
+
+def test_malformed_toml_names_file_and_line(tmp_path):
+    p = write(tmp_path, "[train]\niters = = 3\n")
+    with pytest.raises(ConfigError, match=r"malformed TOML.*line 2"):
+        load_config(p)
+
+
+def test_parse_set_values_are_toml_then_string():
+    assert parse_set("train.iters=20") == (["train", "iters"], 20)
+    assert parse_set("methods.clst.tau=0.1") == (["methods", "clst", "tau"], 0.1)
+    assert parse_set("train.amp=bf16") == (["train", "amp"], "bf16")
+    assert parse_set("train.eval_scales=[0.5, 1.0]") == (["train", "eval_scales"], [0.5, 1.0])
+    for bad in ("iters=3", "train.iters", "=3", "train..x=1"):
+        with pytest.raises(ConfigError, match="expected SECTION.KEY=VALUE"):
+            parse_set(bad)
+
+
+def test_merge_sets_does_not_mutate_and_rejects_value_as_section():
+    data = {"train": {"iters": 1}}
+    out = merge_sets(data, ["train.iters=2", "methods.clst.w_cl=0.5"])
+    assert data == {"train": {"iters": 1}}
+    assert out["methods"]["clst"]["w_cl"] == 0.5
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        merge_sets(data, ["train.iters.x=2"])
+
+
+def test_tuple_and_float_coercion():
+    t = apply_overrides(TrainConfig(), {"eval_scales": [0.5, 1], "clip_grad": 1}, "x")
+    assert t.eval_scales == (0.5, 1.0) and isinstance(t.clip_grad, float)
+    with pytest.raises(ConfigError, match=r"x.eval_scales\[1\]: expected a number"):
+        apply_overrides(TrainConfig(), {"eval_scales": [0.5, "a"]}, "x")
+
+
+def test_method_overrides_are_kept_raw_for_the_method(tmp_path):
+    cfg = load_config(write(tmp_path, "[methods.clst]\nw_cl = 0.5\n"))
+    assert cfg.method_overrides("clst") == {"w_cl": 0.5}
+    assert cfg.method_overrides("adversarial") == {}

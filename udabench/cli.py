@@ -1,0 +1,80 @@
+"""The ``udabench`` command: a click group; each verb lives in ``udabench/commands/``.
+
+User mistakes (UserError) print one red line and exit 2; nothing prints a traceback for them.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from udabench import __version__
+from udabench.errors import UserError
+from udabench.registry import BENCHMARKS, METHODS
+
+# Verb modules, each exposing a click command or group named like the module's attribute.
+_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("udabench.commands.data", "data"),
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UdabenchGroup(click.Group):
+    """Turns UserError into one line and a non-zero exit, wherever it is raised."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=UdabenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="udabench")
+def main() -> None:
+    """Benchmark unsupervised domain adaptation for semantic segmentation (GTA5/SYNTHIA -> Cityscapes)."""
+
+
+@main.command("methods")
+@click.argument("pattern", default="*")
+def methods_cmd(pattern: str) -> None:
+    """List registered methods (PATTERN is a wildcard, e.g. 'self*')."""
+    table = Table(title="udabench methods", title_justify="left")
+    table.add_column("name", style="bold cyan")
+    table.add_column("description")
+    table.add_column("defaults", style="dim")
+    entries = METHODS.entries(pattern)
+    for entry in entries:
+        defaults = getattr(entry.obj, "describe_defaults", None)
+        table.add_row(entry.name, entry.description, defaults() if defaults else "")
+    if not entries:
+        raise UserError(f"no method matches '{pattern}'; known: {', '.join(METHODS.names()) or 'none'}")
+    console.print(table)
+
+
+@main.command("benchmarks")
+@click.argument("pattern", default="*")
+def benchmarks_cmd(pattern: str) -> None:
+    """List benchmark protocols (PATTERN is a wildcard, e.g. 'minicity*')."""
+    table = Table(title="udabench benchmarks", title_justify="left")
+    for col in ("name", "description", "source -> target", "scored", "train / eval input", "spec"):
+        table.add_column(col)
+    entries = BENCHMARKS.entries(pattern)
+    if not entries:
+        raise UserError(
+            f"no benchmark matches '{pattern}'; known: {', '.join(BENCHMARKS.names()) or 'none'}"
+        )
+    for entry in entries:
+        b = entry.obj
+        table.add_row(*b.summary_row())
+    console.print(table)
+
+
+for _module, _attr in _COMMANDS:
+    main.add_command(getattr(importlib.import_module(_module), _attr))
