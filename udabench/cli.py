@@ -17,6 +17,8 @@ from udabench.registry import BENCHMARKS, METHODS
 
 # Verb modules, each exposing a click command or group named like the module's attribute.
 _COMMANDS: tuple[tuple[str, str], ...] = (
+    ("udabench.commands.run", "run_cmd"),
+    ("udabench.commands.run", "eval_cmd"),
     ("udabench.commands.data", "data"),
 )
 

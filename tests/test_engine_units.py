@@ -1,0 +1,224 @@
+"""Trainer, checkpoint and schedule behaviour on toy methods (no datasets needed)."""
+import io
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from udabench.engine.checkpoint import (
+    load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state,
+)
+from udabench.engine.rundir import RunDir
+from udabench.engine.runner import _micro_batch
+from udabench.engine.trainer import LoopSettings, Trainer, TrainingDiverged, poly_factor
+from udabench.errors import UserError
+from udabench.method import Method, MethodContext, OptimizerSpec, StepOutput
+
+
+class ToyLoader:
+    """Deterministic infinite batches with the loader state contract."""
+
+    def __init__(self, seed):
+        self.seed, self.position = seed, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.position)
+        self.position += 1
+        return {"image": torch.randint(0, 255, (2, 3, 4, 4), generator=g, dtype=torch.uint8),
+                "label": torch.randint(0, 3, (2, 4, 4), generator=g, dtype=torch.uint8)}
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, s):
+        self.position = s["position"]
+
+
+class TwoNets(Method):
+    """Loss 'a' touches both nets; loss 'b' only net b. Gradients must stay separate."""
+
+    def __init__(self, nan_at=None):
+        seg = nn.Conv2d(3, 3, 1)
+        ctx = MethodContext(3, torch.device("cpu"), 0, 10, 4, None, Path("."))
+        super().__init__(seg, None, ctx)
+        self.b = nn.Linear(3, 1)
+        self.nan_at = nan_at
+
+    def optimizers(self):
+        return {"a": OptimizerSpec([{"params": list(self.segmenter.parameters()), "lr_mult": 10.0}], lr=0.1,
+                                   momentum=0.0, weight_decay=0.0),
+                "b": OptimizerSpec([{"params": list(self.b.parameters())}], kind="adam", lr=0.01,
+                                   weight_decay=0.0, poly_power=0.0)}
+
+    def training_step(self, source, target, step):
+        x = source["image"].float() / 255
+        feat = self.segmenter(x).mean((2, 3))
+        la = nn.functional.cross_entropy(self.segmenter(x), source["label"].long()) + self.b(feat).mean()
+        lb = (self.b(feat.detach()) ** 2).mean()
+        if self.nan_at is not None and step == self.nan_at:
+            la = la * float("nan")
+        return StepOutput({"a": la, "b": lb}, {"x": 1.0})
+
+
+def settings(iters=4, **kw):
+    base = dict(iters=iters, decay_iters=iters, grad_accum=1, log_every=1, checkpoint_every=2,
+                eval_every=0, clip_grad=0.0, amp_dtype=None, use_scaler=False)
+    base.update(kw)
+    return LoopSettings(**base)
+
+
+def make_trainer(tmp_path, method=None, **kw):
+    run = RunDir(tmp_path / "run").create()
+    return Trainer(method or TwoNets(), ToyLoader(1), ToyLoader(2), settings(**kw), run,
+                   torch.device("cpu"), progress=False)
+
+
+def test_poly_factor_known_values():
+    assert poly_factor(0, 100, 0.9) == 1.0
+    assert poly_factor(50, 100, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert poly_factor(100, 100, 0.9) == 0.0
+    assert poly_factor(120, 100, 0.9) == 0.0
+    assert poly_factor(30, 100, 0.0) == 1.0
+
+
+def test_effective_batch_independent_of_world_size():
+    assert _micro_batch(8, 1, 0) == (8, 1)
+    assert _micro_batch(8, 4, 0) == (2, 1)
+    assert _micro_batch(8, 2, 2) == (2, 2)
+    with pytest.raises(UserError, match="not divisible"):
+        _micro_batch(1, 2, 0)
+
+
+def test_losses_reach_only_their_optimiser(tmp_path):
+    t = make_trainer(tmp_path)
+    method = t.method
+    b_before = [p.detach().clone() for p in method.b.parameters()]
+    t._source_iter, t._target_iter = iter(t.source), iter(t.target)
+    # Reproduce the expected gradient of net b from loss 'b' alone.
+    batch = ToyLoader(1).__next__()
+    x = batch["image"].float() / 255
+    feat = method.segmenter(x).mean((2, 3)).detach()
+    ref = nn.Linear(3, 1)
+    ref.load_state_dict(method.b.state_dict())
+    (ref(feat) ** 2).mean().backward()
+    t.train_step()
+    for p, r in zip(method.b.parameters(), ref.parameters()):
+        assert p.grad is not None and torch.allclose(p.grad, r.grad, atol=1e-6)
+    assert any(not torch.equal(p, q) for p, q in zip(method.b.parameters(), b_before))
+
+
+def test_head_lr_mult_and_poly_schedule(tmp_path):
+    t = make_trainer(tmp_path, iters=4)
+    t._source_iter, t._target_iter = iter(t.source), iter(t.target)
+    t.train_step()
+    t.train_step()
+    # lr at step 1 of 4 for optimiser a: 0.1 * 10 * (1 - 1/4)^0.9 ; b is constant
+    assert t.optimizers["a"].param_groups[0]["lr"] == pytest.approx(1.0 * 0.75 ** 0.9)
+    assert t.optimizers["b"].param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    t = make_trainer(tmp_path, method=TwoNets(nan_at=3), iters=6)
+    with pytest.raises(TrainingDiverged, match="loss 'a' became nan at iteration 3"):
+        t.fit({})
+    state = load_checkpoint(t.run_dir.checkpoint)
+    assert state["step"] == 2  # the good checkpoint from step 2 is intact
+    assert (t.run_dir.path / "divergence.json").exists()
+
+
+def test_resume_is_exact(tmp_path):
+    seed_everything(0)
+    full = make_trainer(tmp_path / "a", iters=6)
+    full.fit({})
+    seed_everything(0)
+    part = make_trainer(tmp_path / "b", iters=6)
+    part.s.iters = 4
+    part.fit({})
+    seed_everything(123)  # a different global RNG before resuming must not matter
+    resumed = make_trainer(tmp_path / "b", iters=6)
+    resumed.resume()
+    assert resumed.step == 4
+    resumed.fit({})
+    for (n, p), (_, q) in zip(full.method.state_dict().items(), resumed.method.state_dict().items()):
+        assert torch.equal(p, q), n
+    sa, sb = full.optimizers["b"].state_dict(), resumed.optimizers["b"].state_dict()
+    assert torch.equal(sa["state"][0]["exp_avg"], sb["state"][0]["exp_avg"])
+
+
+def test_checkpoint_checksum_detects_corruption(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"w": torch.arange(1000.0)})
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(1000.0))
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"w": torch.arange(1000.0)})
+    path.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_crafted_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    buffer = io.BytesIO()
+    torch.save({"x": _Evil()}, buffer, pickle_module=pickle)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(UserError, match="cannot be loaded safely"):
+        load_checkpoint(path)
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"v": torch.tensor(1)})
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"v": torch.tensor(2)})
+    monkeypatch.undo()
+    assert int(load_checkpoint(path)["v"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_rng_state_roundtrip_through_checkpoint(tmp_path):
+    seed_everything(5)
+    save_checkpoint(tmp_path / "r.pt", {"rng": rng_state()})
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    seed_everything(99)
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_run_dir_lock_refuses_second_process(tmp_path):
+    run = RunDir(tmp_path / "r").create()
+    held = run.lock()
+    try:
+        # flock locks are per open file description: a second open in this process conflicts too
+        with pytest.raises(UserError, match="in use by another udabench process"):
+            RunDir(tmp_path / "r").lock()
+    finally:
+        held.close()
+    RunDir(tmp_path / "r").lock().close()
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write the run directory"):
+        RunDir(blocker / "run").create()

@@ -1,0 +1,1 @@
+"""The training engine: trainer loop, evaluator, checkpoints, run directories."""

@@ -1,0 +1,68 @@
+"""``udabench eval``: re-evaluate a finished or interrupted run from its last checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from udabench.engine.checkpoint import load_checkpoint
+from udabench.engine.devices import amp_settings, place
+from udabench.engine.evaluator import EvalSettings, evaluate
+from udabench.engine.rundir import RunDir
+from udabench.engine.runner import build_method, data_splits, open_run
+from udabench.errors import UserError
+from udabench.registry import BENCHMARKS, METHODS
+
+
+def _run_dir_of(target: Path) -> Path:
+    target = Path(target)
+    if target.is_file() and target.parent.name == "checkpoints":
+        return target.parent.parent
+    if target.is_dir():
+        return target
+    raise UserError(f"{target} is neither a run directory nor a run's checkpoints/*.pt file")
+
+
+def evaluate_run(target: Path, benchmark: str | None = None, device: str | None = None,
+                 console: Console | None = None) -> tuple[dict[str, Any], RunDir]:
+    run_path = _run_dir_of(target)
+    plan, run_dir = open_run(run_path)
+    checkpoint = Path(target) if Path(target).is_file() else run_dir.checkpoint
+    placement = place(device or plan.train.device)
+    amp_dtype, _ = amp_settings(plan.train.amp, placement.device)
+    own = plan.bench()
+    bench = BENCHMARKS.get(benchmark) if benchmark else own
+    if bench.num_classes != own.num_classes:
+        raise UserError(f"{plan.benchmark} has {own.num_classes} classes, {bench.name} {bench.num_classes}")
+    sets = data_splits(bench, Path(plan.data_root), False, console)
+    method, segmenter = build_method(plan, own, sets, placement, run_dir.scratch, amp_dtype)
+    state = load_checkpoint(checkpoint, map_location=placement.device)
+    if "method" not in state or state.get("method_name", plan.method) != plan.method:
+        raise UserError(f"{checkpoint} is not a checkpoint of this run's method '{plan.method}'")
+    try:
+        method.load_state_dict(state["method"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"{checkpoint} does not fit the run's network ({first[:200]})") from None
+    input_hw = (bench.eval_input_size[1], bench.eval_input_size[0])
+    settings = EvalSettings(input_hw, bench.align_corners, plan.train.eval_flip,
+                            tuple(plan.train.eval_scales))
+    network, net = method.eval_network()
+    result = evaluate(net, sets.target_val, settings, placement.device, amp_dtype,
+                      placement.rank, placement.world_size, plan.train.num_workers)
+    score = result.score(bench.subsets, bench.convention)
+    record = {
+        "schema": 1, "run_id": run_dir.path.name, "run_dir": str(run_dir.path),
+        "method": plan.method, "uda": not METHODS.get(plan.method).uses_target_labels,
+        "benchmark": bench.name, "trained_on": plan.benchmark, "spec_hash": bench.hash(),
+        "seed": plan.seed, "iters": int(state.get("step", 0)), "subsets": list(bench.subsets),
+        "headline": bench.subsets[0], "convention": score.convention,
+        "miou": {k: v * 100 for k, v in score.miou.items()},
+        "iou": {k: v * 100 for k, v in score.iou.items()},
+        "pixel_accuracy": score.pixel_accuracy * 100,
+        "eval": {**settings.describe(), "network": network, "checkpoint": str(checkpoint.name),
+                 "images": len(result.ids)},
+    }
+    return record, run_dir
