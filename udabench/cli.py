@@ -48,7 +48,7 @@ def main() -> None:
 def methods_cmd(pattern: str) -> None:
     """List registered methods (PATTERN is a wildcard, e.g. 'self*')."""
     table = Table(title="udabench methods", title_justify="left")
-    table.add_column("name", style="bold cyan")
+    table.add_column("name", style="bold cyan", no_wrap=True)
     table.add_column("description")
     table.add_column("defaults", style="dim")
     entries = METHODS.entries(pattern)
@@ -65,7 +65,8 @@ def methods_cmd(pattern: str) -> None:
 def benchmarks_cmd(pattern: str) -> None:
     """List benchmark protocols (PATTERN is a wildcard, e.g. 'minicity*')."""
     table = Table(title="udabench benchmarks", title_justify="left")
-    for col in ("name", "description", "source -> target", "scored", "train / eval input", "spec"):
+    table.add_column("name", style="bold cyan", no_wrap=True)
+    for col in ("description", "source -> target", "scored", "train / eval input", "spec"):
         table.add_column(col)
     entries = BENCHMARKS.entries(pattern)
     if not entries:
