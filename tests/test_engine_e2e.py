@@ -1,0 +1,150 @@
+"""End to end through the CLI on a tiny generated MiniCity: run, result record, resume, eval."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from udabench.cli import main
+from udabench.engine.checkpoint import load_checkpoint
+from udabench.engine.rundir import RunDir
+from udabench.engine.trainer import Trainer
+
+TINY_TOML = """
+[paths]
+data_root = "{data}"
+output_dir = "{runs}"
+
+[train]
+iters = 6
+batch_size = 2
+num_workers = 0
+log_every = 2
+checkpoint_every = 2
+
+[benchmarks.minicity-gta2cs]
+source_train_size = [64, 32]
+target_train_size = [64, 32]
+eval_input_size = [64, 32]
+eval_label_size = [96, 48]
+minicity = {{ height = 48, width = 96, n_source = 6, n_target_train = 6, n_target_val = 3 }}
+"""
+
+
+@pytest.fixture()
+def workdir(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.mktemp("e2e")
+    data = tmp_path_factory.getbasetemp() / "e2e-data"  # shared: generated once per session
+    (base / "udabench.toml").write_text(TINY_TOML.format(data=data, runs=base / "runs"))
+    monkeypatch.chdir(base)
+    monkeypatch.delenv("UDABENCH_DATA", raising=False)
+    return base
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def only_run_dir(base, method="source-only"):
+    dirs = list((base / "runs" / "minicity-gta2cs" / method).iterdir())
+    assert len(dirs) == 1
+    return dirs[0]
+
+
+@pytest.mark.slow
+def test_run_writes_a_complete_run_directory(workdir):
+    r = run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--seed", "3")
+    assert r.exit_code == 0, r.output
+    run = only_run_dir(workdir)
+    rec = json.loads((run / "result.json").read_text())
+    assert rec["method"] == "source-only" and rec["seed"] == 3 and rec["iters"] == 6
+    assert rec["subsets"] == ["19"] and rec["convention"] == "A" and rec["uda"] is True
+    assert rec["eval"]["network"] == "student" and rec["eval"]["checkpoint"] == "last"
+    assert rec["eval"]["input_size"] == [32, 64] and rec["eval"]["images"] == 3
+    assert set(rec["iou"]) >= {"road", "bicycle"} and 0 <= rec["miou"]["19"] <= 100
+    assert rec["compute"]["images_per_second"] > 0 and rec["compute"]["gpu_hours"] == 0
+    per_image = np.load(run / "per_image.npz")
+    assert per_image["matrices"].shape == (3, 19, 19)
+    # the per-image matrices add up to the scored matrix: recompute the mIoU from them
+    from udabench.metrics import score_matrix
+
+    assert score_matrix(per_image["matrices"].sum(0)).miou["19"] * 100 == pytest.approx(rec["miou"]["19"])
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [2, 4, 6] and all("loss/model" in l for l in lines)
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["world_size"] == 1
+    assert "mIoU19" in r.output and "convention A" in r.output
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume_equals_straight_run(workdir, monkeypatch):
+    assert run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--out", "straight").exit_code == 0
+    straight = next((workdir / "straight").iterdir())
+
+    original = Trainer.train_step
+
+    def stop_at_3(self):
+        logs = original(self)
+        if self.step == 3:
+            self._stop_requested = True  # what Ctrl-C does
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_3)
+    r = run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--out", "cut")
+    assert r.exit_code == 130 and "interrupted at iteration 3" in r.output and "--resume" in r.output
+    monkeypatch.setattr(Trainer, "train_step", original)
+    cut = next((workdir / "cut").iterdir())
+    assert load_checkpoint(RunDir(cut).checkpoint)["step"] == 3
+    r = run_cli("run", "--resume", str(cut))
+    assert r.exit_code == 0, r.output
+    a = load_checkpoint(RunDir(straight).checkpoint)["method"]
+    b = load_checkpoint(RunDir(cut).checkpoint)["method"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = json.loads((straight / "result.json").read_text())
+    rb = json.loads((cut / "result.json").read_text())
+    assert ra["iou"] == rb["iou"] and ra["miou"] == rb["miou"]
+    steps = [json.loads(l)["step"] for l in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+    # a finished run cannot be resumed again, and nothing is overwritten
+    before = (cut / "result.json").read_bytes()
+    r = run_cli("run", "--resume", str(cut))
+    assert r.exit_code == 2 and "already finished" in r.output
+    assert (cut / "result.json").read_bytes() == before
+
+    # eval re-scores the last checkpoint to the same numbers, without touching result.json
+    r = run_cli("eval", str(cut))
+    assert r.exit_code == 0, r.output
+    evals = list((cut / "evals").iterdir())
+    assert json.loads(evals[0].read_text())["miou"] == rb["miou"]
+
+
+@pytest.mark.slow
+def test_second_process_on_the_same_run_dir_is_refused(workdir, monkeypatch):
+    original = Trainer.train_step
+
+    def stop_at_1(self):
+        logs = original(self)
+        self._stop_requested = True
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_1)
+    run_cli("run", "source-only", "--benchmark", "minicity-gta2cs")
+    monkeypatch.setattr(Trainer, "train_step", original)
+    run = only_run_dir(workdir)
+    held = RunDir(run).lock()
+    try:
+        r = run_cli("run", "--resume", str(run))
+        assert r.exit_code == 2 and "in use by another udabench process" in r.output
+    finally:
+        held.close()
+
+
+@pytest.mark.slow
+def test_oracle_is_recorded_as_not_uda(workdir):
+    r = run_cli("run", "oracle", "--benchmark", "minicity-gta2cs", "--iters", "2")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((only_run_dir(workdir, "oracle") / "result.json").read_text())
+    assert rec["uda"] is False and "NOT UDA" in r.output
