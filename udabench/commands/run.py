@@ -49,6 +49,7 @@ def run_cmd(method, benchmark, seed, seeds, iters, sets, resume, device, out, co
 
     Several GPUs: torchrun --nproc_per_node=N -m udabench run METHOD --benchmark B
     """
+    from udabench.engine.devices import init_distributed, shared_run_dir
     from udabench.engine.runner import Run, new_run, open_run, resolve_plan
     from udabench.report import headline, result_table
 
@@ -77,18 +78,22 @@ def run_cmd(method, benchmark, seed, seeds, iters, sets, resume, device, out, co
                 cfg.benchmark_overrides(benchmark), cfg.paths.data_root, cfg.paths.output_dir,
             )
             plans.append((plan, None))
+    rank, world, _ = init_distributed()
     records = []
     for plan, run_dir in plans:
-        run_dir = run_dir or new_run(plan, out)
-        lock = run_dir.lock()
+        run_dir = shared_run_dir(run_dir or (new_run(plan, out) if rank == 0 else None), world)
+        lock = run_dir.lock() if rank == 0 else None
         try:
-            console.print(f"[bold]{plan.method}[/] on [bold]{plan.benchmark}[/], seed {plan.seed}: {run_dir.path}")
+            if rank == 0:
+                console.print(f"[bold]{plan.method}[/] on [bold]{plan.benchmark}[/], seed {plan.seed}: {run_dir.path}")
             record = Run(plan, run_dir, console).execute(resume=resume is not None)
         finally:
-            lock.close()
-        console.print(result_table(record))
+            if lock is not None:
+                lock.close()
+        if rank == 0:
+            console.print(result_table(record))
         records.append(record)
-    if len(records) > 1:
+    if len(records) > 1 and rank == 0:
         for r in records:
             console.print(f"seed {r['seed']}: {headline(r)}  ({r['run_dir']})")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -31,6 +32,30 @@ def init_distributed() -> tuple[int, int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend=backend)
     return torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def shared_run_dir(run_dir: Any, world_size: int) -> Any:
+    """Rank 0 made the run directory; every rank gets the same one."""
+    if world_size <= 1:
+        return run_dir
+    box = [run_dir]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank0_first(world_size: int, is_main: bool):
+    """Context: rank 0 runs the block first (e.g. generating data), the others after it."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        if world_size > 1 and not is_main:
+            torch.distributed.barrier()
+        yield
+        if world_size > 1 and is_main:
+            torch.distributed.barrier()
+
+    return guard()
 
 
 def select_device(requested: str, local_rank: int = 0) -> tuple[torch.device, str]:

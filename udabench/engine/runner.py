@@ -18,7 +18,7 @@ from rich.console import Console
 from udabench.config import TrainConfig, apply_overrides, build
 from udabench.data.loaders import InfiniteLoader
 from udabench.engine.checkpoint import load_checkpoint, seed_everything
-from udabench.engine.devices import amp_settings, peak_memory_bytes, place
+from udabench.engine.devices import amp_settings, peak_memory_bytes, place, rank0_first
 from udabench.engine.evaluator import EvalSettings, evaluate
 from udabench.engine.rundir import RunDir, environment, new_run_id, read_json, write_json
 from udabench.engine.trainer import LoopSettings, Trainer, throughput
@@ -199,7 +199,8 @@ class Run:
         micro, accum = _micro_batch(plan.train.batch_size, placement.world_size, plan.train.grad_accum)
 
         data_root = Path(plan.data_root)
-        sets = data_splits(bench, data_root, method_cls.uses_target_labels, self.console)
+        with rank0_first(placement.world_size, placement.is_main):  # rank 0 generates MiniCity
+            sets = data_splits(bench, data_root, method_cls.uses_target_labels, self.console)
         source_ds = sets.target_train_labelled if method_cls.uses_target_labels else sets.source
         loader_kw = dict(num_workers=plan.train.num_workers, rank=placement.rank, world_size=placement.world_size)
         source = InfiniteLoader(source_ds, micro, plan.seed, "source", **loader_kw)

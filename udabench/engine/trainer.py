@@ -216,6 +216,11 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.params[name], self.s.clip_grad)
             self.scaler.step(opt)
         self.scaler.update()
+        if self.world_size > 1:
+            # Like DDP's broadcast_buffers: rank 0's BatchNorm statistics (and other buffers)
+            # win, so every rank holds the same model.
+            for buf in self.method.buffers():
+                torch.distributed.broadcast(buf, src=0)
         self.method.after_step(self.step)
         self.step += 1
         logs["lr"] = lr
