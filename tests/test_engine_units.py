@@ -222,3 +222,46 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot write the run directory"):
         RunDir(blocker / "run").create()
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    t = make_trainer(tmp_path, iters=2, amp_dtype=torch.bfloat16)
+    before = t.method.segmenter.weight.detach().clone()
+    t.fit({})
+    assert t.step == 2 and not torch.equal(before, t.method.segmenter.weight)
+    assert torch.isfinite(t.method.segmenter.weight).all()
+
+
+def test_periodic_evaluation_is_logged(tmp_path):
+    calls = []
+
+    def fake_eval(step):
+        calls.append(step)
+        return {"eval/mIoU19": 12.5}
+
+    t = make_trainer(tmp_path, iters=6, eval_every=2)
+    t.evaluate = fake_eval
+    t.fit({})
+    assert calls == [2, 4]  # the final evaluation is the runner's, not repeated here
+    lines = [l for l in t.run_dir.metrics_file.read_text().splitlines() if "eval/" in l]
+    assert len(lines) == 2 and '"eval/mIoU19": 12.5' in lines[0]
+
+
+def test_grad_accumulation_equals_one_big_batch_for_a_linear_loss(tmp_path):
+    """Two micro-batches of 2 with accumulation give the gradient of their mean."""
+    t = make_trainer(tmp_path, iters=1, grad_accum=2)
+    t._source_iter, t._target_iter = iter(t.source), iter(t.target)
+    ref = TwoNets()
+    ref.load_state_dict(t.method.state_dict())
+    loader = ToyLoader(1)
+    grads = None
+    for _ in range(2):
+        out = ref.training_step(next(loader), None, 0)
+        g = torch.autograd.grad(out.losses["a"], list(ref.segmenter.parameters()))
+        grads = g if grads is None else [a + b for a, b in zip(grads, g)]
+    for opt in t.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    t.optimizers["a"].step = lambda *a, **k: None  # keep the grads to inspect them
+    t.train_step()
+    for p, g in zip(t.method.segmenter.parameters(), grads):
+        assert torch.allclose(p.grad, g / 2, atol=1e-6)
