@@ -1,0 +1,85 @@
+"""`udabench data verify|prepare <dataset>`: check a dataset on disk, and prepare its manifest."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from udabench.data.layouts import DEFAULT_SUBDIR, KINDS, layout
+from udabench.data.prepare import PrepareOptions, parse_size, prepare_dataset
+from udabench.data.verify import default_workers, verify_dataset
+
+
+def default_data_root() -> Path:
+    """The data root: ``[paths] data_root`` of udabench.toml, overridden by $UDABENCH_DATA."""
+    try:
+        from udabench.config import load_config
+    except ImportError:  # the config module is optional for this command group
+        return Path(os.environ.get("UDABENCH_DATA", "data")).expanduser()
+    return Path(load_config().paths.data_root)
+
+
+def _root(dataset: str, root: Path | None) -> Path:
+    return root if root is not None else default_data_root() / DEFAULT_SUBDIR[dataset]
+
+
+_dataset_arg = click.argument("dataset", type=click.Choice(KINDS))
+_root_opt = click.option("--root", type=click.Path(path_type=Path), default=None,
+                         help="The dataset folder (default: <data_root>/<dataset>).")
+_workers_opt = click.option("--workers", type=click.IntRange(1), default=None,
+                            help="Worker processes (default: the CPU count, at most 8).")
+
+
+@click.group("data")
+def data() -> None:
+    """Check and prepare datasets on disk (udabench never downloads datasets)."""
+
+
+@data.command("verify")
+@_dataset_arg
+@_root_opt
+@click.option("--quick", is_flag=True, help="Headers only: skip CRCs, decoding and label values.")
+@_workers_opt
+def verify(dataset: str, root: Path | None, quick: bool, workers: int | None) -> None:
+    """Check counts, sizes, encodings, label values, missing and mismatched pairs of DATASET."""
+    console = Console()
+    report = verify_dataset(dataset, _root(dataset, root), quick=quick,
+                            workers=workers or default_workers(), console=console)
+    console.print(report.table())
+    report.raise_if_failed()
+    console.print(f"[green]{layout(dataset).title} at {report.root} passed verification",
+                  soft_wrap=True)
+
+
+@data.command("prepare")
+@_dataset_arg
+@_root_opt
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where the manifest and cache go (default: <root>/udabench_prepared).")
+@click.option("--on-mismatch", type=click.Choice(["resize", "drop"]), default="resize",
+              show_default=True, help="Image/label size mismatch: resize the label (nearest) or drop.")
+@click.option("--cache-size", default=None, metavar="WxH",
+              help="Also write a resized training cache, e.g. 1280x720.")
+@_workers_opt
+def prepare(dataset: str, root: Path | None, out: Path | None, on_mismatch: str,
+            cache_size: str | None, workers: int | None) -> None:
+    """Write the manifest of DATASET (pairs, sizes, defects, class pixel counts); resumable."""
+    console = Console()
+    opts = PrepareOptions(on_mismatch=on_mismatch,  # type: ignore[arg-type]
+                          cache_size=parse_size(cache_size) if cache_size else None,
+                          workers=workers or default_workers())
+    manifest = prepare_dataset(dataset, _root(dataset, root), out, opts, console)
+    table = Table(title=f"udabench data prepare: {layout(dataset).title}", title_justify="left")
+    table.add_column("status")
+    table.add_column("pairs", justify="right")
+    for status, n in manifest.counts.items():
+        style = "green" if status in ("ok", "resized_label") else ("red" if n else "dim")
+        table.add_row(f"[{style}]{status}", str(n))
+    console.print(table)
+    where = Path(out) if out is not None else Path(manifest.root) / "udabench_prepared"
+    console.print(f"manifest: {where / 'manifest.json'}"
+                  + (f"; cache {opts.cache_size[0]}x{opts.cache_size[1]} under {where / 'cache'}"
+                     if opts.cache_size else ""), soft_wrap=True)
