@@ -1,0 +1,369 @@
+"""Score prediction PNGs made anywhere against the Cityscapes val ground truth (``udabench score``).
+
+Predictions are matched to ground truth by the Cityscapes stem ``<city>_<seq>_<frame>``, in a flat
+folder or a mirrored tree, whatever the suffix. Each pair is reduced, in parallel, to a count table
+``[20, 256]``: ground-truth trainId (row 19 = ignored) x raw prediction value (for colour PNGs, the
+trainId of the colour, 255 when it is not in the palette). The encoding is resolved on these tables
+after one pass, so auto-detection sees every file without decoding twice.
+
+Encodings (``auto`` picks one only when unambiguous):
+- ``trainid``: 1 channel, values 0..18. 255 is an error (every pixel needs a class).
+- ``labelid``: 1 channel, Cityscapes labelIds 0..33 (what the official evaluator takes). A labelId
+  outside the 19 evaluated ones is scored like cityscapesscripts does: a false negative for the
+  ground-truth class and a false positive for nobody. It goes to an extra "void" column 19.
+- ``color``: RGB in the official palette of the 19 classes; any other colour is an error.
+Auto: RGB -> color; 1 channel with some value 19..33 (and none above) -> labelid; 1 channel with
+every value <= 18 is valid in both encodings -> error asking for ``--encoding``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from udabench.data import layouts
+from udabench.data.pngio import read_png
+from udabench.errors import DataError, UserError
+from udabench.metrics import Score, apply_convention, iou_from_matrix, nanmean
+from udabench.taxonomy import CLASS_NAMES, CLASSES, IGNORE, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, SUBSETS
+
+ENCODINGS = ("trainid", "labelid", "color")
+VOID = NUM_CLASSES  # prediction column of labelIds outside the 19 evaluated classes
+MAX_LABEL_ID = 33  # the largest Cityscapes labelId (cityscapesscripts' matrix is 34 wide)
+GT_SUFFIX = "_gtFine_labelIds.png"
+SHOW = 10  # files named in one error message
+
+_STEM = re.compile(r"^(.+?_\d+_\d+)(?=$|[._-])")
+# Ground-truth labelId -> count-table row: trainId, or 19 for every ignored labelId.
+_GT_ROW = torch.from_numpy(np.where(LABEL_ID_TO_TRAIN_ID == IGNORE, NUM_CLASSES,
+                                    LABEL_ID_TO_TRAIN_ID).astype(np.int64))
+_COLOUR_LUT: torch.Tensor | None = None
+
+
+def _colour_lut() -> torch.Tensor:
+    """24-bit colour -> trainId (255 elsewhere): one gather per image instead of 19 compares."""
+    global _COLOUR_LUT
+    if _COLOUR_LUT is None:
+        lut = torch.full((1 << 24,), IGNORE, dtype=torch.uint8)
+        for c in CLASSES:
+            lut[(c.color[0] << 16) | (c.color[1] << 8) | c.color[2]] = c.train_id
+        _COLOUR_LUT = lut
+    return _COLOUR_LUT
+
+
+def column_map(encoding: str) -> np.ndarray:
+    """Raw prediction value (0..255) -> column 0..18, VOID, or -1 (outside the encoding)."""
+    cols = np.full(256, -1, dtype=np.int64)
+    if encoding in ("trainid", "color"):
+        cols[:NUM_CLASSES] = np.arange(NUM_CLASSES)
+    elif encoding == "labelid":
+        lut = LABEL_ID_TO_TRAIN_ID[: MAX_LABEL_ID + 1].astype(np.int64)
+        cols[: MAX_LABEL_ID + 1] = np.where(lut == IGNORE, VOID, lut)
+    else:
+        raise UserError(f"unknown encoding '{encoding}'; expected auto, {', '.join(ENCODINGS)}")
+    return cols
+
+
+def listing(paths: Iterable[object], total: int | None = None) -> str:
+    """'a, b, ... (N in all)' naming at most SHOW items."""
+    items = [str(p) for p in paths]
+    total = len(items) if total is None else total
+    more = f", ... ({total} in all)" if total > SHOW else f" ({total} in all)"
+    return ", ".join(items[:SHOW]) + more
+
+
+def find_ground_truth(target_root: Path, split: str = "val") -> dict[str, Path]:
+    """Cityscapes stem -> gtFine/<split>/<city>/<stem>_gtFine_labelIds.png below target_root."""
+    target_root = Path(target_root)
+    layouts.check_root("cityscapes", target_root)
+    folder = target_root / "gtFine" / split
+    found = {p.name[: -len(GT_SUFFIX)]: p for p in sorted(folder.glob(f"*/*{GT_SUFFIX}"))}
+    if not found:
+        raise DataError(f"no ground truth *{GT_SUFFIX} under {folder}; "
+                        f"{layouts.where_to_get('cityscapes', target_root)}")
+    return found
+
+
+def stem_of(name: str) -> str | None:
+    """The Cityscapes stem of a file name (``frankfurt_000000_000294_pred.png`` -> its stem)."""
+    m = _STEM.match(name[:-4] if name.lower().endswith(".png") else name)
+    return m.group(1) if m else None
+
+
+def match_predictions(pred_dir: Path, gt: dict[str, Path]) -> dict[str, Path]:
+    """stem -> prediction file for every ground-truth stem; ONE DataError for any mismatch."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise UserError(f"prediction folder {pred_dir} does not exist")
+    by_stem: dict[str, list[Path]] = {}
+    extra: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(pred_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue  # .DS_Store and friends
+            path = Path(dirpath) / name
+            stem = stem_of(name) if name.lower().endswith(".png") else None
+            if stem is None or stem not in gt:
+                extra.append(path)
+            else:
+                by_stem.setdefault(stem, []).append(path)
+    problems = []
+    missing = [s for s in gt if s not in by_stem]
+    if missing:
+        problems.append(f"{len(missing)} validation images have no prediction: "
+                        + listing(missing))
+    if extra:
+        problems.append(f"{len(extra)} files match no validation image (expected one PNG named "
+                        f"<city>_<seq>_<frame>[_suffix].png per image): " + listing(extra))
+    dupes = {s: p for s, p in by_stem.items() if len(p) > 1}
+    if dupes:
+        problems.append(f"{len(dupes)} images have several predictions: "
+                        + listing(" and ".join(map(str, p)) for p in dupes.values()))
+    if problems:
+        raise DataError(f"predictions in {pred_dir} do not match the {len(gt)} validation images: "
+                        + "; ".join(problems))
+    return {s: by_stem[s][0] for s in gt}
+
+
+@dataclass
+class PairCounts:
+    """One prediction/label pair reduced to a count table (or the reason it could not be)."""
+
+    id: str
+    pred: Path
+    gt: Path
+    kind: str = ""  # 'gray' (1 channel) | 'color' (RGB)
+    size: tuple[int, int] = (0, 0)  # (H, W) of the ground truth
+    counts: np.ndarray | None = None  # int64 [20, 256]
+    problem: str = ""  # '<category>: <detail>' when the pair cannot be scored
+    bad_colour: tuple[int, int, int] | None = None  # first colour outside the palette, if any
+
+
+def count_pair(stem: str, pred_path: Path, gt_path: Path) -> PairCounts:
+    """Decode both PNGs and count (gt row, raw prediction value) pairs; problems are returned."""
+    out = PairCounts(stem, pred_path, gt_path)
+    gt = read_png(gt_path)  # a broken ground truth is the dataset's fault: raise at once
+    if gt.shape[0] != 1 or gt.dtype != torch.uint8:
+        raise DataError(f"ground truth {gt_path} is not an 8-bit single-channel labelId PNG")
+    out.size = (int(gt.shape[1]), int(gt.shape[2]))
+    try:
+        pred = read_png(pred_path)
+    except DataError as exc:
+        out.problem = f"unreadable: {pred_path} ({exc})"
+        return out
+    if pred.dtype != torch.uint8 or pred.shape[0] not in (1, 3):
+        depth = "16-bit" if pred.dtype != torch.uint8 else f"{pred.shape[0]}-channel"
+        out.problem = f"format: {pred_path} ({depth}; expected 8-bit grey or RGB)"
+        return out
+    if tuple(pred.shape[1:]) != out.size:
+        out.problem = (f"size: {pred_path} ({pred.shape[2]}x{pred.shape[1]}, ground truth "
+                       f"{out.size[1]}x{out.size[0]})")
+        return out
+    if pred.shape[0] == 3:
+        out.kind = "color"
+        p = pred.to(torch.int32)
+        key = (p[0] << 16) | (p[1] << 8) | p[2]
+        values = _colour_lut()[key.reshape(-1)]
+        if bool((values == IGNORE).any()):  # name the colour: the table only says "not ours"
+            first = int(torch.nonzero(values == IGNORE)[0])
+            out.bad_colour = tuple(int(v) for v in pred.reshape(3, -1)[:, first])
+    else:
+        out.kind = "gray"
+        values = pred.reshape(-1)
+    # One bincount over labelId * 256 + value: the two uint8 planes interleaved and read as uint16
+    # (cheaper than integer arithmetic on 2M pixels); rows are then folded to trainIds.
+    planes = (values.numpy(), gt.reshape(-1).numpy())
+    idx = np.stack(planes if sys.byteorder == "little" else planes[::-1], -1).view(np.uint16)
+    idx = torch.from_numpy(idx.reshape(-1)).to(torch.int32)
+    raw = torch.bincount(idx, minlength=256 * 256).reshape(256, 256)
+    if int(raw[MAX_LABEL_ID + 1 :].sum()):
+        bad = int(torch.nonzero(raw[MAX_LABEL_ID + 1 :].sum(1))[0]) + MAX_LABEL_ID + 1
+        raise DataError(f"ground truth {gt_path} holds labelId {bad}; expected 0..{MAX_LABEL_ID}")
+    out.counts = torch.zeros(NUM_CLASSES + 1, 256, dtype=torch.int64).index_add_(
+        0, _GT_ROW, raw).numpy()
+    return out
+
+
+def resolve_encoding(pairs: list[PairCounts], requested: str = "auto") -> str:
+    """The encoding of the whole set (auto-detection rules in the module docstring)."""
+    kinds = {p.kind for p in pairs}
+    if requested == "auto":
+        if kinds == {"color"}:
+            return "color"
+        if kinds == {"gray"}:
+            present = np.nonzero(sum(p.counts.sum(0) for p in pairs))[0]  # type: ignore[union-attr]
+            top = int(present.max()) if present.size else 0
+            if ((present >= NUM_CLASSES) & (present <= MAX_LABEL_ID)).any():
+                return "labelid"  # values above 33 are then reported as outside the labelIds
+            if top > MAX_LABEL_ID:
+                return "trainid"  # e.g. 255 (ignore) among trainIds: reported as such
+            raise UserError(
+                f"cannot tell the encoding of the predictions: every value is in 0..{top}, valid as "
+                f"trainIds and as labelIds; pass --encoding trainid (0..18, as the network predicts) "
+                f"or --encoding labelid (Cityscapes ids, as the official evaluator takes)")
+        rgb = [p.pred for p in pairs if p.kind == "color"]
+        raise DataError(f"predictions mix RGB and single-channel PNGs ({len(rgb)} of {len(pairs)} "
+                        f"are RGB: " + listing(rgb) + "); write them all in one encoding")
+    if requested == "color" and kinds != {"color"}:
+        grey = [p.pred for p in pairs if p.kind == "gray"]
+        raise DataError(f"--encoding color expects RGB PNGs; {len(grey)} are single-channel: "
+                        + listing(grey) + "; pass --encoding trainid or labelid")
+    if requested in ("trainid", "labelid") and kinds != {"gray"}:
+        rgb = [p.pred for p in pairs if p.kind == "color"]
+        raise DataError(f"--encoding {requested} expects single-channel PNGs; {len(rgb)} are RGB: "
+                        + listing(rgb) + "; pass --encoding color for palette colours")
+    column_map(requested)  # rejects unknown names
+    return requested
+
+
+def _value_problem(p: PairCounts, encoding: str, cols: np.ndarray) -> str | None:
+    present = p.counts.sum(0)  # type: ignore[union-attr]
+    bad = [int(v) for v in np.nonzero(present * (cols < 0))[0]]
+    if not bad:
+        return None
+    if encoding == "color":
+        return f"{p.pred} (colour {p.bad_colour} is not one of the 19 classes)"
+    return f"{p.pred} (values {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})"
+
+
+def _raise_values(bad: list[str], encoding: str, has_255: bool) -> None:
+    what = {"trainid": "trainIds 0..18", "labelid": f"labelIds 0..{MAX_LABEL_ID}",
+            "color": "the official colours of the 19 classes"}[encoding]
+    hint = " - prediction contains 255 (ignore); every pixel needs a class" if has_255 else ""
+    raise DataError(f"{len(bad)} predictions hold values outside {what} (encoding {encoding})"
+                    f"{hint}: " + listing(bad))
+
+
+@dataclass
+class ScoreResult:
+    """The set's matrix (20x20: 19 classes + the void column), per-image matrices and the score."""
+
+    encoding: str
+    ids: list[str]
+    pred_files: list[Path]
+    gt_files: list[Path]
+    per_image: list[np.ndarray]
+    matrix: np.ndarray
+    size: tuple[int, int] | None  # (H, W) of the ground truth when all agree
+    score: Score = field(init=False)
+    subsets: tuple[str, ...] = ("19", "16", "13")
+    convention: str = "A"
+
+    def __post_init__(self) -> None:
+        self.score = score_with_void(self.matrix, self.subsets, self.convention)
+
+    def per_image_frame(self):
+        """pandas DataFrame, one row per image: pixels, accuracy, subset mIoUs, class IoUs (%)."""
+        import pandas as pd
+
+        rows = []
+        for i, pred, m in zip(self.ids, self.pred_files, self.per_image):
+            s = score_with_void(m, self.subsets, self.convention)
+            rows.append({"image": i, "prediction": str(pred),
+                         "pixels": s.pixels, "pixel_accuracy": s.pixel_accuracy * 100,
+                         **{f"mIoU{k}": v * 100 for k, v in s.miou.items()},
+                         **{n: v * 100 for n, v in s.iou.items()}})
+        return pd.DataFrame(rows)
+
+
+def score_with_void(matrix: np.ndarray, subsets: tuple[str, ...] = ("19", "16", "13"),
+                    convention: str = "A") -> Score:
+    """Score a 20x20 matrix whose last column counts void predictions (false negatives only).
+
+    Equal to ``metrics.score_matrix(matrix[:19, :19])`` when the void column is empty.
+    """
+    m = np.asarray(matrix, dtype=np.int64)
+    if m.shape != (NUM_CLASSES + 1, NUM_CLASSES + 1):
+        raise ValueError(f"expected a {NUM_CLASSES + 1}x{NUM_CLASSES + 1} matrix, got {m.shape}")
+    iou_a = iou_from_matrix(m)[:NUM_CLASSES]  # row 19 is empty: unions are those of the 19 classes
+    iou_c = iou_from_matrix(apply_convention(m, convention))[:NUM_CLASSES]
+    miou = {s: nanmean((iou_a if s == "19" else iou_c)[list(SUBSETS[s])]) for s in subsets}
+    total = int(m.sum())
+    return Score(iou={n: float(v) for n, v in zip(CLASS_NAMES, iou_a)}, miou=miou,
+                 pixel_accuracy=float(np.trace(m) / total) if total else float("nan"),
+                 convention=convention, pixels=total)
+
+
+@contextmanager
+def _one_torch_thread():
+    """The pool gives the parallelism; torch's own intra-op threads would only contend with it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def score_predictions(pred_dir: Path, gt: dict[str, Path] | Path, encoding: str = "auto",
+                      subsets: tuple[str, ...] = ("19", "16", "13"), convention: str = "A",
+                      workers: int | None = None,
+                      progress: Callable[[int], None] | None = None) -> ScoreResult:
+    """Match, decode (in ``workers`` threads) and score; ``progress(n)`` is called per image.
+
+    ``gt`` is a stem -> label map or a Cityscapes root (its gtFine/val is used).
+    """
+    if encoding != "auto":
+        column_map(encoding)
+    gt_map = gt if isinstance(gt, dict) else find_ground_truth(Path(gt))
+    preds = match_predictions(Path(pred_dir), gt_map)
+    stems = list(gt_map)
+
+    def job(stem: str) -> PairCounts:
+        result = count_pair(stem, preds[stem], gt_map[stem])
+        if progress is not None:
+            progress(1)
+        return result
+
+    n = workers or default_workers()
+    with _one_torch_thread():
+        if n == 1:
+            pairs = [job(s) for s in stems]
+        else:
+            with ThreadPoolExecutor(n) as pool:
+                pairs = list(pool.map(job, stems))
+    _raise_file_problems(pairs)
+    enc = resolve_encoding(pairs, encoding)
+    cols = column_map(enc)
+    bad = [msg for p in pairs if (msg := _value_problem(p, enc, cols))]
+    if bad:
+        has_255 = enc != "color" and any(p.counts[:, IGNORE].any() for p in pairs)  # type: ignore[index]
+        _raise_values(bad, enc, has_255)
+    onehot = np.zeros((256, NUM_CLASSES + 1), dtype=np.int64)
+    onehot[np.nonzero(cols >= 0)[0], cols[cols >= 0]] = 1
+    per_image = []
+    for p in pairs:
+        m = np.zeros((NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
+        m[:NUM_CLASSES] = p.counts[:NUM_CLASSES] @ onehot  # type: ignore[index]  # row 19: ignored gt
+        per_image.append(m)
+    sizes = {p.size for p in pairs}
+    return ScoreResult(enc, stems, [preds[s] for s in stems], [gt_map[s] for s in stems], per_image,
+                       np.sum(per_image, axis=0), sizes.pop() if len(sizes) == 1 else None,
+                       subsets=subsets, convention=convention)
+
+
+def _raise_file_problems(pairs: list[PairCounts]) -> None:
+    groups: dict[str, list[str]] = {}
+    for p in pairs:
+        if p.problem:
+            kind, _, detail = p.problem.partition(": ")
+            groups.setdefault(kind, []).append(detail)
+    if not groups:
+        return
+    titles = {"unreadable": "unreadable PNGs", "format": "PNGs in the wrong format",
+              "size": "predictions whose size differs from the ground truth"}
+    parts = [f"{len(v)} {titles[k]}: " + listing(v) for k, v in groups.items()]
+    raise DataError("cannot score: " + "; ".join(parts))
