@@ -20,6 +20,10 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("udabench.commands.run", "run_cmd"),
     ("udabench.commands.run", "eval_cmd"),
     ("udabench.commands.data", "data"),
+    ("udabench.commands.results", "runs_cmd"),
+    ("udabench.commands.results", "leaderboard_cmd"),
+    ("udabench.commands.results", "compare_cmd"),
+    ("udabench.commands.score", "score"),
 )
 
 console = Console()

@@ -26,6 +26,7 @@ from udabench.errors import UserError
 from udabench.method import Method, MethodContext
 from udabench.models import SegmenterConfig, build_segmenter
 from udabench.registry import BENCHMARKS, METHODS
+from udabench.results.store import index_run, store_path
 
 @dataclass(frozen=True)
 class RunDefaults:
@@ -260,6 +261,7 @@ class Run:
         if placement.is_main:
             self.run_dir.save_per_image(result.ids, result.per_image)
             write_json(self.run_dir.result_file, record)
+            index_run(store_path(plan.output_dir), self.run_dir.path)
         return record
 
     def _record(self, bench, method_cls, segmenter, network, result, score, eval_settings, trainer,
