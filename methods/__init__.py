@@ -1,2 +1,5 @@
 """The reference methods, shipped as ``udabench.methods``; importing this registers them."""
 from . import oracle, source_only  # noqa: F401
+from . import adversarial  # noqa: F401  (adversarial, minent)
+from . import self_training  # noqa: F401  (self-training, self-training-online)
+from . import clst  # noqa: F401  (clst)

@@ -1,0 +1,300 @@
+"""self-training (CBST rounds) and self-training-online: hand-computed thresholds and pseudo-labels,
+geometry of the stored labels, exact resume mid-round, the target-label firewall, the EMA teacher."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from udabench.data.loaders import InfiniteLoader, collate
+from udabench.data.transforms import TrainTransform, reference_train_transform
+from udabench.engine.checkpoint import save_checkpoint, seed_everything
+from udabench.engine.rundir import RunDir
+from udabench.engine.trainer import LoopSettings, Trainer
+from udabench.errors import UserError
+from udabench.method import MethodContext
+from udabench.methods.self_training import (
+    ConfidenceCollector, OnlineSelfTraining, OnlineSelfTrainingConfig, SelfTraining,
+    SelfTrainingConfig, ce_ignore_safe, pseudo_labels, window_labels,
+)
+from udabench.models import SegmenterConfig, build_segmenter
+from udabench.registry import METHODS
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run fastest on one thread (and do not thrash a busy CI machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# 1x6 map, 3 classes (class 2 is never the argmax). Confidences of the pixels predicted 0:
+# .9 .8 .7 .52 ; predicted 1: .6 .45.
+MAP = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.7, 0.3, 0.0],
+                    [0.52, 0.48, 0.0], [0.4, 0.6, 0.0], [0.3, 0.45, 0.25]]).T.reshape(1, 3, 1, 6)
+
+
+class Poisoned(dict):
+    def __getitem__(self, key):
+        if key == "label":
+            raise AssertionError("a method read target['label']")
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if key == "label":
+            raise AssertionError("a method read target['label']")
+        return super().get(key, default)
+
+
+def test_class_balanced_thresholds_and_labels_known_values():
+    col = ConfidenceCollector(3)
+    col.add(MAP)
+    # p = 0.25: class 0 rank floor(1.0) = 1 -> .8 ; class 1 rank floor(0.5) = 0 -> .6 ; class 2 -> 1
+    lam = col.thresholds(0.25)
+    assert torch.allclose(lam, torch.tensor([0.8, 0.6, 1.0]))
+    # divided maxima: 1.125, 1.0, .875, .8 (class 1), 1.0 (class 1), .75 -> keep >= 1
+    assert pseudo_labels(MAP, lam).flatten().tolist() == [0, 0, 255, 255, 1, 255]
+    # p = 0.5: class 0 rank 2 -> .7 ; class 1 rank 1 -> .45. Pixel 3 has argmax 0 but
+    # .48/.45 > .52/.7: the class-balanced rule labels it 1.
+    lam = col.thresholds(0.5)
+    assert torch.allclose(lam, torch.tensor([0.7, 0.45, 1.0]))
+    assert pseudo_labels(MAP, lam).flatten().tolist() == [0, 0, 0, 1, 1, 1]
+    # subsampling every 2nd pixel keeps pixels 0, 2, 4: class 0 {.9, .7}, class 1 {.6}
+    sub = ConfidenceCollector(3, stride=2)
+    sub.add(MAP)
+    assert torch.allclose(sub.thresholds(0.5), torch.tensor([0.7, 0.6, 1.0]))
+    # global threshold 0.9 == constant lambda: argmax where confidence >= 0.9
+    assert pseudo_labels(MAP, torch.full((3,), 0.9)).flatten().tolist() == [0] + [255] * 5
+
+
+def test_thresholds_accumulate_over_batches():
+    one, two = ConfidenceCollector(3), ConfidenceCollector(3)
+    one.add(MAP)
+    two.add(MAP[..., :3])
+    two.add(MAP[..., 3:])
+    assert torch.equal(one.thresholds(0.3), two.thresholds(0.3))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_window_labels_match_resize_then_crop(seed):
+    g = torch.Generator().manual_seed(seed)
+    full = torch.randint(0, 19, (20, 30), generator=g, dtype=torch.uint8)
+    t = TrainTransform(size=(20, 30), scale_range=(0.5, 1.6), crop=(16, 24))
+    geo = t.params((20, 30), g)
+    sample = {"image": torch.zeros(3, 20, 30, dtype=torch.uint8), "label": full}
+    expected = reference_train_transform(sample, t, geo)["label"]
+    got = window_labels(full, geo["full_size"], geo["crop"], geo["flip"])
+    assert torch.equal(got, expected)
+
+
+class Synth(torch.utils.data.Dataset):
+    """In-memory images (and labels) with the dataset contract: (index, aug_seed) keys."""
+
+    supports_aug_seed = True
+
+    def __init__(self, n, seed, labels, transform=None, size=(16, 32)):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (n, 3, *size), generator=g, dtype=torch.uint8)
+        self.labels = torch.randint(0, 19, (n, *size), generator=g, dtype=torch.uint8)
+        self.with_labels, self.transform = labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, key):
+        index, aug = key if isinstance(key, tuple) else (int(key), None)
+        s = {"image": self.images[index], "id": f"i{index}", "index": index}
+        if self.with_labels:
+            s["label"] = self.labels[index]
+        if self.transform is not None:
+            s = self.transform(s, torch.Generator().manual_seed(aug if aug is not None else index))
+        return s
+
+
+AUG = TrainTransform(size=(16, 32), scale_range=(0.75, 1.25), crop=(12, 24))
+
+
+def tiny_segmenter(seed=0):
+    torch.manual_seed(seed)
+    return build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 19)
+
+
+def context(scratch, images, total=5):
+    return MethodContext(19, torch.device("cpu"), 0, total, len(images), images, Path(scratch))
+
+
+def test_stored_labels_follow_the_batch_geometry(tmp_path):
+    """batch_labels cuts each image's map by its index through its crop/scale/flip."""
+    hidden = Synth(4, 3, labels=True)  # "pseudo-labels" we know
+    view = Synth(4, 3, labels=False)
+    m = SelfTraining(tiny_segmenter(), SelfTrainingConfig(warmup_iters=0), context(tmp_path, view))
+    np.save(m.labels_path(0), hidden.labels.numpy())
+    m.round, m.label_shape = 0, [4, 16, 32]
+    train = Synth(4, 3, labels=True, transform=AUG)
+    batch = collate([train[(i, 100 + i)] for i in (2, 0, 3)])
+    target = Poisoned(batch)
+    got = m.batch_labels(target)
+    for row, i in zip(got, (2, 0, 3)):
+        geo = AUG.params((16, 32), torch.Generator().manual_seed(100 + i))
+        ref = reference_train_transform({"image": hidden.images[i], "label": hidden.labels[i]}, AUG, geo)
+        assert torch.equal(row, ref["label"])
+    out = m.training_step(dict(image=batch["image"], label=batch["label"]), target, 0)
+    assert torch.isfinite(out.losses["model"])
+
+
+def test_schedule_and_defaults(tmp_path):
+    view = Synth(2, 0, labels=False)
+    m = SelfTraining(tiny_segmenter(), SelfTrainingConfig(), context(tmp_path, view, total=100))
+    assert (m.warmup, m.round_iters) == (50, 17)  # half warm-up, then 3 rounds
+    assert [m.round_at(s) for s in (0, 49, 50, 66, 67, 99)] == [-1, -1, 0, 0, 1, 2]
+    portions, shares = zip(*(m.schedule(k) for k in range(8)))
+    assert portions == pytest.approx([0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.5])
+    assert shares == pytest.approx([0.03, 0.0325, 0.035, 0.0375, 0.04, 0.0425, 0.045, 0.0475])
+    assert m.schedule(20)[1] == pytest.approx(0.06)
+    c = SelfTrainingConfig()
+    assert (c.lr, c.poly_power, c.threshold, c.global_threshold) == (5e-5, 0.0, "class_balanced", 0.9)
+    assert METHODS.get("self-training") is SelfTraining
+    assert METHODS.get("self-training-online") is OnlineSelfTraining
+    with pytest.raises(UserError, match="target train images"):
+        SelfTraining(tiny_segmenter(), SelfTrainingConfig(),
+                     MethodContext(19, torch.device("cpu"), 0, 5, 2, None, tmp_path))
+
+
+def test_ignored_pixels_give_zero_loss_not_nan():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    assert ce_ignore_safe(logits, torch.full((1, 2, 2), 255, dtype=torch.uint8)).item() == 0.0
+    label = torch.tensor([[[0, 255], [2, 1]]], dtype=torch.uint8)
+    ref = nn.functional.cross_entropy(logits, label.long(), ignore_index=255)
+    assert ce_ignore_safe(logits, label).item() == pytest.approx(ref.item())
+
+
+def test_init_checkpoint_loads_the_segmenter(tmp_path):
+    view = Synth(2, 0, labels=False)
+    src = tiny_segmenter(seed=7)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"method": {f"segmenter.{k}": v for k, v in src.state_dict().items()}})
+    m = SelfTraining(tiny_segmenter(seed=1), SelfTrainingConfig(init_checkpoint=str(path)),
+                     context(tmp_path, view))
+    assert m.warmup == 0
+    for (k, a), b in zip(src.state_dict().items(), m.segmenter.state_dict().values()):
+        assert torch.equal(a, b), k
+    save_checkpoint(path, {"method": {"segmenter.head.convs.0.weight": torch.zeros(1)}})
+    with pytest.raises(UserError, match="init_checkpoint"):
+        SelfTraining(tiny_segmenter(), SelfTrainingConfig(init_checkpoint=str(path)),
+                     context(tmp_path, view))
+
+
+# -- exact resume mid-round ---------------------------------------------------------------------
+ITERS = 5  # warm-up 1, rounds start at steps 1 and 3
+
+
+def make_run(path, iters=ITERS):
+    seed_everything(0)
+    run = RunDir(path).create()
+    view = Synth(6, 2, labels=False)
+    cfg = SelfTrainingConfig(warmup_iters=1, round_iters=2, label_batch_size=4, lr=1e-3,
+                             label_workers=0, pixel_stride=2, source_share_start=0.3)
+    method = SelfTraining(tiny_segmenter(), cfg, context(run.scratch, view, ITERS))
+    source = InfiniteLoader(Synth(6, 1, labels=True, transform=AUG), 2, 0, "source")
+    target = InfiniteLoader(Synth(6, 2, labels=False, transform=AUG), 2, 0, "target")
+    s = LoopSettings(iters=iters, decay_iters=ITERS, grad_accum=1, log_every=100,
+                     checkpoint_every=100, eval_every=0, clip_grad=0.0, amp_dtype=None,
+                     use_scaler=False)
+    return Trainer(method, source, target, s, run, torch.device("cpu"), progress=False)
+
+
+def assert_same(a, b):
+    for (k, p), q in zip(a.method.state_dict().items(), b.method.state_dict().values()):
+        assert (torch.equal(p, q) if torch.is_tensor(p) else p == q), k
+
+
+def test_resume_mid_round_is_exact(tmp_path, monkeypatch):
+    full = make_run(tmp_path / "full")
+    full.fit({})
+    assert full.method.round == 1 and full.method.portion == pytest.approx(0.25)
+    labels = np.load(full.method.labels_path(1))
+    assert labels.shape == (6, 16, 32) and (labels != 255).any() and (labels == 255).any()
+
+    # stopped exactly at a round start: the round is recomputed, identically
+    part = make_run(tmp_path / "a", iters=3)
+    part.fit({})
+    assert part.method.round == 0
+    resumed = make_run(tmp_path / "a")
+    resumed.resume()
+    resumed.fit({})
+    assert_same(full, resumed)
+    for k in (0, 1):
+        assert np.array_equal(np.load(full.method.labels_path(k)), np.load(resumed.method.labels_path(k)))
+
+    # stopped after the round start: the checkpointed round is reused, never recomputed
+    part = make_run(tmp_path / "b", iters=4)
+    part.fit({})
+    resumed = make_run(tmp_path / "b")
+    resumed.resume()
+    assert resumed.method.round == 1 and resumed.method.thresholds == full.method.thresholds
+
+    def refuse(*a, **k):
+        raise AssertionError("round recomputed after resume")
+
+    monkeypatch.setattr(SelfTraining, "compute_labels", refuse)
+    resumed.fit({})
+    assert_same(full, resumed)
+
+
+# -- online ------------------------------------------------------------------------------------
+class FakeSeg(nn.Module):
+    """Class-0 logit = scale x red channel in [0, 1] (3 classes), at image resolution."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+        self.bn = nn.BatchNorm2d(1)
+        self.aux_head = None
+
+    def forward(self, x):
+        r = x[:, :1]
+        self.bn(r)  # moves running stats in train mode only
+        return {"out": torch.cat([self.scale * r, torch.zeros_like(r), torch.zeros_like(r)], 1),
+                "aux": None, "feat": r}
+
+    def param_groups(self, lr):
+        return [{"params": [self.scale], "lr": lr}]
+
+
+def test_online_teacher_labels_and_ema(tmp_path):
+    ctx = MethodContext(3, torch.device("cpu"), 0, 10, 2, None, tmp_path)
+    image = torch.zeros(1, 3, 2, 4, dtype=torch.uint8)
+    image[..., :2] = 255  # left half: p0 = e^10/(e^10+2) > .968 ; right half: uniform 1/3
+    m = OnlineSelfTraining(FakeSeg(10.0), OnlineSelfTrainingConfig(), ctx)
+    label, weight = m.teacher_labels(image)
+    assert weight.item() == pytest.approx(0.5) and label[0, :, :2].eq(0).all()
+    masked = OnlineSelfTraining(FakeSeg(10.0), OnlineSelfTrainingConfig(weighting="mask"), ctx)
+    label, weight = masked.teacher_labels(image)
+    assert label[0, :, 2:].eq(255).all() and label[0, :, :2].eq(0).all() and weight.item() == 1.0
+    source = {"image": torch.zeros(1, 3, 2, 4, dtype=torch.uint8),
+              "label": torch.zeros(1, 2, 4, dtype=torch.uint8)}
+    target = Poisoned(image=image, label=torch.zeros(1, 2, 4, dtype=torch.uint8))
+    out = m.training_step(source, target, 0)
+    p0 = math.exp(10) / (math.exp(10) + 2)
+    # source CE ln 3; target: label 0 everywhere, CE -ln p0 (left) and ln 3 (right), x 0.5
+    expected = math.log(3) + 0.5 * 0.5 * (-math.log(p0) + math.log(3))
+    assert out.losses["model"].item() == pytest.approx(expected, rel=1e-5)
+
+    with torch.no_grad():
+        m.segmenter.scale.fill_(2.0)
+    m.after_step(0)  # alpha = 0 at the first step: the teacher copies the student
+    assert m.teacher.scale.item() == 2.0
+    with torch.no_grad():
+        m.segmenter.scale.fill_(4.0)
+        m.segmenter.bn.running_mean.fill_(1.0)
+    before = m.teacher.bn.running_mean.item()
+    m.after_step(500)  # alpha = 0.99, for the BN statistics too
+    assert m.teacher.scale.item() == pytest.approx(0.99 * 2 + 0.01 * 4)
+    assert m.teacher.bn.running_mean.item() == pytest.approx(0.99 * before + 0.01)
+    assert "teacher.scale" in m.state_dict() and "teacher.bn.running_mean" in m.state_dict()
+    assert m.eval_network()[0] == "student"
+    t = OnlineSelfTraining(FakeSeg(1.0), OnlineSelfTrainingConfig(eval_network="teacher"), ctx)
+    assert t.eval_network() == ("teacher", t.teacher)
