@@ -21,10 +21,10 @@ self-information map I_c = -p_c log p_c / log C (AdvEnt). ``gan = "bce"``: BCE w
 One discriminator per level (5 convs, no sigmoid), Adam lr 1e-4, betas (0.9, 0.99), same poly decay
 as the segmenter.
 
-Multi-level needs the auxiliary head: build the segmenter with ``--set model.multi_level=true``.
-When the recipe asks for multi-level and the model has no aux head the method raises a UserError
-(rather than silently training another recipe); ``methods.adversarial.multi_level=false`` chooses
-single level explicitly. Departure: upsampling uses align_corners=False (the original code used
+Multi-level needs the auxiliary head: ``model_defaults`` asks the runner for a multi-level segmenter
+whenever the recipe is multi-level. If a user then removes it (``--set model.multi_level=false``) the
+method raises a UserError rather than silently training another recipe;
+``methods.adversarial.multi_level=false`` chooses single level explicitly. Departure: upsampling uses align_corners=False (the original code used
 True); the authors' advice of smaller multi-level weights with current PyTorch (0.0005 / 0.00005)
 is left to the user (``adv_weight`` / ``adv_aux_weight``).
 
@@ -154,6 +154,10 @@ class Adversarial(Method):
     """AdaptSegNet (42.4 mIoU19 published, multi-level; LS-GAN 44.1) / AdvEnt (43.8, input=entropy)."""
 
     Config = AdversarialConfig
+
+    @classmethod
+    def model_defaults(cls, cfg: AdversarialConfig) -> dict:
+        return {"multi_level": True} if cfg.resolved_multi_level() else {}
 
     def __init__(self, segmenter: nn.Module, cfg: AdversarialConfig, ctx):
         super().__init__(segmenter, cfg, ctx)

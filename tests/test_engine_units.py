@@ -265,3 +265,17 @@ def test_grad_accumulation_equals_one_big_batch_for_a_linear_loss(tmp_path):
     t.train_step()
     for p, g in zip(t.method.segmenter.parameters(), grads):
         assert torch.allclose(p.grad, g / 2, atol=1e-6)
+
+
+def test_method_model_defaults_then_user_overrides(tmp_path):
+    from udabench.config import TrainConfig
+    from udabench.engine.runner import resolve_plan
+
+    plan = resolve_plan("adversarial", "minicity-gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    assert plan.model.multi_level is True  # the AdaptSegNet recipe is multi-level
+    plan = resolve_plan("adversarial", "minicity-gta2cs", 0, TrainConfig(), {}, {"gan": "lsgan"}, {},
+                        tmp_path, tmp_path)
+    assert plan.model.multi_level is False  # LS-GAN recipe: single level
+    plan = resolve_plan("source-only", "minicity-gta2cs", 0, TrainConfig(), {"multi_level": True}, {}, {},
+                        tmp_path, tmp_path)
+    assert plan.model.multi_level is True and plan.train.iters > 0 and plan.train.batch_size > 0

@@ -112,6 +112,12 @@ class Method(nn.Module):
         """Which network is evaluated, and its name for the record. Student by default."""
         return "student", self.segmenter
 
+    @classmethod
+    def model_defaults(cls, cfg: Any) -> dict[str, Any]:
+        """Segmenter settings this method's recipe needs (e.g. the multi-level head); applied
+        before the user's [model] overrides, so a user can still change them."""
+        return {}
+
     # -- description --------------------------------------------------------------------------
     @classmethod
     def describe_defaults(cls) -> str:

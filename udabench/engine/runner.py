@@ -140,8 +140,9 @@ def resolve_plan(
         batch_size=train.batch_size or d.batch_size,
         checkpoint_every=train.checkpoint_every or d.checkpoint_every,
     )
-    model = apply_overrides(SegmenterConfig(**dataclasses.asdict(d.model)), model_overrides, "model")
     method_cfg = apply_overrides(method_cls.Config(), method_overrides, f"methods.{method}")
+    model = dataclasses.replace(d.model, **method_cls.model_defaults(method_cfg))
+    model = apply_overrides(model, model_overrides, "model")
     return RunPlan(
         method=method, benchmark=benchmark, seed=seed, train=train, model=model,
         method_config=dataclasses.asdict(method_cfg), data_root=str(data_root),
