@@ -24,6 +24,8 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("udabench.commands.results", "leaderboard_cmd"),
     ("udabench.commands.results", "compare_cmd"),
     ("udabench.commands.score", "score"),
+    ("udabench.commands.predict", "predict_cmd"),
+    ("udabench.commands.predict", "plot_cmd"),
 )
 
 console = Console()

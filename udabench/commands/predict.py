@@ -1,0 +1,120 @@
+"""``udabench predict RUN`` (prediction PNGs) and ``udabench plot RUN [RUN_B]`` (charts)."""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from udabench.errors import UserError
+
+console = Console()
+err = Console(stderr=True)
+
+
+@click.command("predict")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--images", multiple=True, metavar="ID",
+              help="image ids (stems, or file names) to predict; repeat or comma-separate (default: all)")
+@click.option("--limit", type=click.IntRange(min=1), help="only the first N (of all, or of --images)")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="folder to create (default: <run>/predictions/<format>); never overwritten")
+@click.option("--format", "fmt", type=click.Choice(("color", "cityscapes")), default="color", show_default=True,
+              help="color: palette PNGs, overlays and side-by-side with the ground truth; "
+                   "cityscapes: labelId PNGs <city>/<stem>.png for the official evaluator and server")
+@click.option("--split", type=click.Choice(("val", "train")), default="val", show_default=True,
+              help="target split (train has no labels: no side-by-side)")
+@click.option("--device", help="auto | cpu | cuda | cuda:N (default: the run's train.device)")
+def predict_cmd(run: Path, images: tuple[str, ...], limit: int | None, out: Path | None, fmt: str,
+                split: str, device: str | None) -> None:
+    """Write RUN's predictions on the benchmark's target images as PNGs."""
+    from udabench.engine.runner import open_run
+    from udabench.results.predict import check_out_dir, export_predictions, load_run, select
+
+    if not Path(run).is_dir():
+        raise UserError(f"{run} is not a run directory (expected runs/<benchmark>/<method>/<run-id>)")
+    open_run(run)  # not a run directory: say so before building anything
+    out = Path(out) if out is not None else Path(run) / "predictions" / fmt
+    check_out_dir(out)
+    loaded = load_run(run, device, err)
+    dataset = loaded.dataset(split, err)
+    indices = select(dataset.ids, images, limit, f"the {split} split of {loaded.bench.name}")
+    columns = (TextColumn(f"predict ({fmt})"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("predict", total=len(indices))
+        summary = export_predictions(loaded, dataset, indices, out, fmt,
+                                     progress=lambda n: bar.advance(task, n))
+    what = "Cityscapes labelIds" if fmt == "cityscapes" else "colour maps and overlays"
+    console.print(f"wrote {summary.files} PNGs ({what}) for {summary.images} {split} images to {summary.out}",
+                  highlight=False, soft_wrap=True)
+    if fmt == "cityscapes" and split == "val" and summary.images == len(dataset):
+        console.print(f"score them with: udabench score {summary.out} --benchmark {loaded.plan.benchmark} "
+                      "--encoding labelid", highlight=False, soft_wrap=True)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def _resolve(tokens: tuple[str, ...], benchmark: str | None, output_dir: Path | None,
+             config_file: Path | None) -> list[Any]:
+    """Sides (udabench.results.compare.resolve) of run directories, run ids or method names."""
+    from udabench.results.compare import resolve
+
+    records: list[dict[str, Any]] = []
+    if not all(Path(t).is_dir() for t in tokens):  # names and ids need the run store
+        from udabench.commands.results import _records
+
+        records, _ = _records(output_dir, config_file, benchmark)
+    for t in tokens:
+        p = Path(t)
+        if p.is_dir() and not (p / "result.json").is_file():
+            raise UserError(f"{p} is not a finished run directory (no result.json in it)")
+    first = resolve(tokens[0], records, benchmark)
+    sides = [first]
+    if len(tokens) == 2:
+        sides.append(resolve(tokens[1], records, benchmark or first.benchmark, first.spec_hash))
+    return sides
+
+
+@click.command("plot")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="PNG file to write (default: <run>/plots/summary-<time>.png, or "
+                   "compare-<A>-vs-<B>.png here for two); never overwritten")
+@click.option("--benchmark", "-b", help="benchmark of method names (needed when a method ran on several)")
+@click.option("--output-dir", "output_dir", type=click.Path(path_type=Path),
+              help="folder holding the run directories and store.sqlite (default: paths.output_dir)")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="settings file (default ./udabench.toml)")
+def plot_cmd(runs: tuple[str, ...], out: Path | None, benchmark: str | None, output_dir: Path | None,
+             config_file: Path | None) -> None:
+    """Charts as PNG: RUN's per-class IoU and training curves, or A vs B per class with deltas.
+
+    RUN, A and B are run directories, run ids or method names (a method's latest configuration).
+    """
+    from udabench.results.pictures import comparison_chart, read_metrics, run_chart, write_chart
+
+    if len(runs) > 2:
+        raise UserError(f"plot takes one run (RUN) or two to compare (A B), got {len(runs)}: {' '.join(runs)}")
+    sides = _resolve(runs, benchmark, output_dir, config_file)
+    if len(sides) == 1:
+        side = sides[0]
+        record = max(side.records, key=lambda r: (str(r.get("finished", "")), str(r["run_id"])))
+        run_dir = Path(record.get("run_dir") or runs[0])
+        if len(side.records) > 1:
+            err.print(f"{side.label}: {len(side.records)} seeds; plotting the latest run {record['run_id']}",
+                      highlight=False, soft_wrap=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = out if out is not None else run_dir / "plots" / f"summary-{stamp}.png"
+        data = run_chart(record, read_metrics(run_dir / "metrics.jsonl"))
+    else:
+        a, b = sides
+        target = out if out is not None else Path(f"compare-{_slug(a.label)}-vs-{_slug(b.label)}.png")
+        data = comparison_chart(a.label, a.records, b.label, b.records)
+    path = write_chart(target, data)
+    console.print(f"chart written to {path}", highlight=False, soft_wrap=True)

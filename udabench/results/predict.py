@@ -1,0 +1,239 @@
+"""``udabench predict``: a finished run's predictions on the benchmark's target images, as PNGs.
+
+Two formats:
+- ``color``: ``color/<city>/<stem>.png`` (the class map in the official palette),
+  ``overlay/<city>/<stem>.png`` (the image blended 50% with it) and, when labels exist,
+  ``side_by_side/<city>/<stem>.png`` (overlay | prediction | ground truth).
+- ``cityscapes``: ``<city>/<stem>.png`` holding Cityscapes labelIds, which is what the official
+  evaluator (``csEvalPixelLevelSemanticLabeling``, which globs ``<city>_<seq>_<frame>*.png`` below
+  its results folder) and the test server take, and what ``udabench score --encoding labelid`` reads.
+
+Predictions are made exactly as the run's evaluation made them (same dataset view, network,
+input size, flip/scales and label resolution), so exported labelIds re-score to result.json.
+Everything is written into a hidden staging folder renamed into place at the end: an interrupted
+export leaves nothing under the requested name, and an existing non-empty folder is never touched.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from udabench.data.pngio import read_png_info, read_rgb, write_png
+from udabench.errors import UserError
+from udabench.taxonomy import PALETTE, TRAIN_ID_TO_LABEL_ID
+
+FORMATS = ("color", "cityscapes")
+SPLITS = ("val", "train")
+_CITY_STEM = re.compile(r"^(.+)_\d+_\d+$")  # <city>_<seq>_<frame>
+_PALETTE_T = torch.from_numpy(np.array(PALETTE))
+_LABEL_ID_T = torch.from_numpy(np.array(TRAIN_ID_TO_LABEL_ID))
+SEPARATOR = 4  # white pixels between the panels of a side-by-side picture
+
+
+# -- pixels ------------------------------------------------------------------------------------
+def colorize(class_map: torch.Tensor) -> torch.Tensor:
+    """trainIds [H, W] (uint8) -> RGB [3, H, W] in the official palette (255 = ignore -> black)."""
+    return _PALETTE_T[class_map.long()].permute(2, 0, 1).contiguous()
+
+
+def to_label_ids(class_map: torch.Tensor) -> torch.Tensor:
+    """trainIds [H, W] -> Cityscapes labelIds [H, W] (uint8); ignore becomes 0 ("unlabeled")."""
+    return _LABEL_ID_T[class_map.long()]
+
+
+def overlay(image: torch.Tensor, color: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """``image`` blended with ``color`` (both uint8 [3, H, W]); ``alpha`` is the colour's weight."""
+    if image.shape != color.shape:
+        raise ValueError(f"image {tuple(image.shape)} and colour map {tuple(color.shape)} differ in size")
+    mixed = image.float() * (1.0 - alpha) + color.float() * alpha
+    return mixed.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def side_by_side(*panels: torch.Tensor, gap: int = SEPARATOR) -> torch.Tensor:
+    """uint8 [3, H, W] panels of one height, left to right, with white gaps between them."""
+    height = panels[0].shape[1]
+    if any(p.shape[1] != height for p in panels):
+        raise ValueError("side-by-side panels need the same height")
+    white = torch.full((3, height, gap), 255, dtype=torch.uint8)
+    parts: list[torch.Tensor] = []
+    for i, p in enumerate(panels):
+        parts += ([white] if i else []) + [p]
+    return torch.cat(parts, dim=2)
+
+
+def city_of(stem: str) -> str:
+    """The Cityscapes city of a stem (``pixelburg_000003_000019`` -> ``pixelburg``); '' if none."""
+    m = _CITY_STEM.match(stem)
+    return m.group(1) if m else ""
+
+
+def relative_path(stem: str) -> Path:
+    """Where one image's file goes below a format folder: ``<city>/<stem>.png`` (flat if no city)."""
+    city = city_of(stem)
+    return Path(city, f"{stem}.png") if city else Path(f"{stem}.png")
+
+
+# -- the run -----------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    """A run's evaluated network, put back together from its directory and last checkpoint."""
+
+    path: Path
+    plan: Any
+    bench: Any
+    net: torch.nn.Module
+    settings: Any  # EvalSettings of the run
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    checkpoint: Path
+
+    def dataset(self, split: str, console: Any = None) -> Any:
+        """The target ``split`` as the evaluator sees it (val: labelled; train: images only)."""
+        if split not in SPLITS:
+            raise UserError(f"--split {split}: expected one of {', '.join(SPLITS)}")
+        from udabench.data.datasets import build_dataset
+
+        _, target_root = self.bench.roots(Path(self.plan.data_root), console)
+        return build_dataset(self.bench.target_kind, target_root, split, with_labels=split == "val",
+                             transform=self.bench.eval_transform())
+
+
+def load_run(run_path: Path, device: str | None = None, console: Any = None) -> LoadedRun:
+    """Open a run directory and load its last checkpoint into the network its evaluation used."""
+    from udabench.engine.checkpoint import load_checkpoint
+    from udabench.engine.devices import amp_settings, place
+    from udabench.engine.evaluator import EvalSettings
+    from udabench.engine.runner import build_method, data_splits, open_run
+
+    run_path = Path(run_path)
+    if not run_path.is_dir():
+        raise UserError(f"{run_path} is not a run directory (expected runs/<benchmark>/<method>/<run-id>)")
+    plan, run_dir = open_run(run_path)
+    if not run_dir.checkpoint.is_file():
+        raise UserError(f"{run_dir.checkpoint} does not exist; the run has no checkpoint to predict with yet")
+    placement = place(device or plan.train.device)
+    amp_dtype, _ = amp_settings(plan.train.amp, placement.device)
+    bench = plan.bench()
+    sets = data_splits(bench, Path(plan.data_root), False, console)
+    method, _ = build_method(plan, bench, sets, placement, run_dir.scratch, amp_dtype)
+    state = load_checkpoint(run_dir.checkpoint, map_location=placement.device)
+    if "method" not in state or state.get("method_name", plan.method) != plan.method:
+        raise UserError(f"{run_dir.checkpoint} is not a checkpoint of this run's method '{plan.method}'")
+    try:
+        method.load_state_dict(state["method"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"{run_dir.checkpoint} does not fit the run's network ({first[:200]})") from None
+    settings = EvalSettings((bench.eval_input_size[1], bench.eval_input_size[0]), bench.align_corners,
+                            plan.train.eval_flip, tuple(plan.train.eval_scales))
+    _, net = method.eval_network()
+    net.eval()
+    return LoadedRun(run_path, plan, bench, net, settings, placement.device, amp_dtype, run_dir.checkpoint)
+
+
+def select(ids: list[str], wanted: tuple[str, ...] = (), limit: int | None = None,
+           where: str = "the split") -> list[int]:
+    """Indices of the images to predict: the ``wanted`` ids (file names allowed) or all, then the
+    first ``limit``. An unknown id is a UserError naming it and a few known ones."""
+    from udabench.scoring import stem_of
+
+    position = {image_id: i for i, image_id in enumerate(ids)}
+    chosen: list[int] = []
+    for token in wanted:
+        for part in filter(None, (p.strip() for p in token.split(","))):
+            key = part if part in position else stem_of(Path(part).name)
+            if key not in position:
+                sample = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+                raise UserError(f"--images {part}: no such image in {where} ({len(ids)} images: {sample})")
+            if position[key] not in chosen:
+                chosen.append(position[key])
+    chosen = chosen if wanted else list(range(len(ids)))
+    return chosen[:limit] if limit is not None else chosen
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that already holds anything (nothing on disk is ever overwritten)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder that does not exist yet or is empty")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty; nothing was written "
+                        "(remove it or choose another --out)")
+
+
+# -- export ------------------------------------------------------------------------------------
+@dataclass
+class ExportSummary:
+    out: Path
+    fmt: str
+    images: int
+    files: int
+    labelled: bool
+
+
+def _write_one(stage: Path, fmt: str, stem: str, pred: torch.Tensor, image_path: Path,
+               label: torch.Tensor | None) -> int:
+    rel = relative_path(stem)
+    if fmt == "cityscapes":
+        write_png(stage / rel, to_label_ids(pred))
+        return 1
+    color = colorize(pred)
+    image = read_rgb(image_path)
+    if tuple(image.shape[1:]) != tuple(pred.shape):  # predictions are at label size, like the scorer
+        from torch.nn.functional import interpolate
+
+        image = interpolate(image[None].float(), size=tuple(pred.shape), mode="bilinear",
+                            align_corners=False, antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
+    blended = overlay(image, color)
+    write_png(stage / "color" / rel, color)
+    write_png(stage / "overlay" / rel, blended)
+    if label is None:
+        return 2
+    write_png(stage / "side_by_side" / rel, side_by_side(blended, color, colorize(label)))
+    return 3
+
+
+def export_predictions(run: LoadedRun, dataset: Any, indices: list[int], out: Path, fmt: str,
+                       progress: Callable[[int], None] | None = None) -> ExportSummary:
+    """Predict ``dataset[i]`` for each index and write the PNGs of ``fmt`` into ``out``."""
+    from udabench.engine.evaluator import predict
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    out = Path(out)
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    files, labelled = 0, False
+    try:
+        for i in indices:
+            sample = dataset[i]
+            label = sample.get("label")
+            if label is not None:
+                size = tuple(label.shape[-2:])
+                labelled = True
+            else:  # the original image size, which is what the official evaluator compares with
+                info = read_png_info(dataset.pairs[i].image)
+                size = (info.height, info.width)
+            image = sample["image"].unsqueeze(0).to(run.device)
+            pred = predict(run.net, image, size, run.settings, run.amp_dtype)[0].cpu()
+            files += _write_one(stage, fmt, sample["id"], pred, dataset.pairs[i].image, label)
+            if progress is not None:
+                progress(1)
+        check_out_dir(out)  # created while we worked?
+        if out.is_dir():
+            out.rmdir()
+        os.rename(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return ExportSummary(out, fmt, len(indices), files, labelled)
