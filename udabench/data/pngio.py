@@ -8,9 +8,7 @@ written corrupt); verify and prepare use it, the training loader does not (it do
 """
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_png, encode_png, read_file
 
+from udabench.fileio import atomic_write_bytes  # noqa: F401  (re-exported)
 from udabench.errors import DataError
 
 Buffer = Union[bytes, memoryview, np.ndarray]  # anything struct and zlib can read
@@ -146,20 +145,6 @@ def read_rgb(path: Path, strict: bool = False) -> torch.Tensor:
     if img.dtype != torch.uint8:
         img = (img.to(torch.int32) >> 8).to(torch.uint8)
     return img
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_png(path: Path, tensor: torch.Tensor, compression_level: int = 1) -> None:

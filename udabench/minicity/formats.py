@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from udabench.fileio import atomic_write_bytes as write_atomic
 from udabench.minicity.params import MiniCityParams
 from udabench.minicity.render import CODE_TO_LABEL_ID, CODE_TO_SYNTHIA_ID, instance_map, render_full
 
@@ -81,22 +82,6 @@ def png_bytes(arr: np.ndarray, level: int, palette: np.ndarray | None = None) ->
         parts.append(_chunk(b"PLTE", np.ascontiguousarray(palette, dtype=np.uint8).tobytes()))
     parts += [_chunk(b"IDAT", idat), _chunk(b"IEND", b"")]
     return b"".join(parts)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder + os.replace: a file is whole or absent.
-
-    The temporary name ends in .tmp, so loaders globbing *.png never see a partial file.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fh = open(tmp, "wb")
-    except FileNotFoundError:  # first file of a folder (mkdir per file would cost more)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(tmp, "wb")
-    with fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 _IEND = _chunk(b"IEND", b"")
