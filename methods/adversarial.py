@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from udabench.errors import ConfigError, UserError
-from udabench.method import Method, OptimConfig, OptimizerSpec, StepOutput, cross_entropy
+from udabench.method import Method, OptimConfig, OptimizerSpec, StepOutput
 from udabench.models import Discriminator
 from udabench.registry import register_method
+from .source_only import supervised_loss_and_outputs
 
 SOURCE_LABEL = 0.0  # domain labels of AdaptSegNet/AdvEnt
 TARGET_LABEL = 1.0
@@ -99,17 +100,6 @@ def _resolve_levels(method: Method, multi_level: bool, name: str) -> list[str]:
             f"add --set model.multi_level=true (or --set methods.{name}.multi_level=false)"
         )
     return ["main", "aux"] if multi_level else ["main"]
-
-
-def _source_ce(method: Method, source: dict, aux_weight: float) -> tuple[torch.Tensor, dict, dict]:
-    out = method.segmenter(source["image"].float().div(255.0))
-    loss = cross_entropy(out["out"], source["label"])
-    logs = {"ce": float(loss.detach())}
-    if out.get("aux") is not None and aux_weight > 0:
-        aux = cross_entropy(out["aux"], source["label"])
-        loss = loss + aux_weight * aux
-        logs["ce_aux"] = float(aux.detach())
-    return loss, logs, out
 
 
 _KEY = {"main": "out", "aux": "aux"}
@@ -179,7 +169,7 @@ class Adversarial(Method):
 
     def training_step(self, source: dict, target: dict, step: int) -> StepOutput:
         c = self.cfg
-        seg_loss, logs, out_s = _source_ce(self, source, c.aux_weight)
+        seg_loss, logs, out_s = supervised_loss_and_outputs(self, source, c.aux_weight)
         image_t = target["image"]
         out_t = self.segmenter(image_t.float().div(255.0))
         size_s, size_t = tuple(source["image"].shape[-2:]), tuple(image_t.shape[-2:])
@@ -227,7 +217,7 @@ class MinEnt(Method):
         self.weights = {"main": cfg.ent_weight, "aux": cfg.ent_aux_weight}
 
     def training_step(self, source: dict, target: dict, step: int) -> StepOutput:
-        loss, logs, _ = _source_ce(self, source, self.cfg.aux_weight)
+        loss, logs, _ = supervised_loss_and_outputs(self, source, self.cfg.aux_weight)
         image_t = target["image"]
         out_t = self.segmenter(image_t.float().div(255.0))
         for lvl in self.levels:

@@ -20,6 +20,12 @@ class SourceOnlyConfig(OptimConfig):
 
 def supervised_loss(method: Method, batch: dict, aux_weight: float) -> tuple:
     """CE on the main head (+ weighted aux head) for a labelled batch; returns (loss, logs)."""
+    loss, logs, _ = supervised_loss_and_outputs(method, batch, aux_weight)
+    return loss, logs
+
+
+def supervised_loss_and_outputs(method: Method, batch: dict, aux_weight: float) -> tuple:
+    """As ``supervised_loss``, also returning the segmenter's outputs (for methods that reuse them)."""
     out = method.segmenter(batch["image"].float().div(255.0))
     loss = cross_entropy(out["out"], batch["label"])
     logs = {"ce": float(loss.detach())}
@@ -27,7 +33,7 @@ def supervised_loss(method: Method, batch: dict, aux_weight: float) -> tuple:
         aux = cross_entropy(out["aux"], batch["label"])
         loss = loss + aux_weight * aux
         logs["ce_aux"] = float(aux.detach())
-    return loss, logs
+    return loss, logs, out
 
 
 @register_method("source-only")

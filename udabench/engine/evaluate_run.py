@@ -1,6 +1,7 @@
 """``udabench eval``: re-evaluate a finished or interrupted run from its last checkpoint."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,32 @@ def _run_dir_of(target: Path) -> Path:
     raise UserError(f"{target} is neither a run directory nor a run's checkpoints/*.pt file")
 
 
-def evaluate_run(target: Path, benchmark: str | None = None, device: str | None = None,
-                 console: Console | None = None) -> tuple[dict[str, Any], RunDir]:
-    run_path = _run_dir_of(target)
-    plan, run_dir = open_run(run_path)
+@dataclass
+class Restored:
+    """A run's method rebuilt from its config and loaded from a checkpoint, ready to predict."""
+
+    plan: Any
+    run_dir: RunDir
+    bench: Any
+    method: Any
+    step: int
+    checkpoint: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    settings: EvalSettings
+
+
+def restore(target: Path, device: str | None = None, console: Console | None = None) -> Restored:
+    """Rebuild the method of a run directory (or of one of its checkpoints) and load its weights."""
+    plan, run_dir = open_run(_run_dir_of(target))
     checkpoint = Path(target) if Path(target).is_file() else run_dir.checkpoint
+    if not checkpoint.is_file():
+        raise UserError(f"{checkpoint} does not exist; the run has no checkpoint yet")
     placement = place(device or plan.train.device)
     amp_dtype, _ = amp_settings(plan.train.amp, placement.device)
-    own = plan.bench()
-    bench = BENCHMARKS.get(benchmark) if benchmark else own
-    if bench.num_classes != own.num_classes:
-        raise UserError(f"{plan.benchmark} has {own.num_classes} classes, {bench.name} {bench.num_classes}")
+    bench = plan.bench()
     sets = data_splits(bench, Path(plan.data_root), False, console)
-    method, segmenter = build_method(plan, own, sets, placement, run_dir.scratch, amp_dtype)
+    method, _ = build_method(plan, bench, sets, placement, run_dir.scratch, amp_dtype)
     state = load_checkpoint(checkpoint, map_location=placement.device)
     if "method" not in state or state.get("method_name", plan.method) != plan.method:
         raise UserError(f"{checkpoint} is not a checkpoint of this run's method '{plan.method}'")
@@ -46,13 +60,28 @@ def evaluate_run(target: Path, benchmark: str | None = None, device: str | None 
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"{checkpoint} does not fit the run's network ({first[:200]})") from None
-    input_hw = (bench.eval_input_size[1], bench.eval_input_size[0])
-    settings = EvalSettings(input_hw, bench.align_corners, plan.train.eval_flip,
-                            tuple(plan.train.eval_scales))
-    network, net = method.eval_network()
-    result = evaluate(net, sets.target_val, settings, placement.device, amp_dtype,
-                      placement.rank, placement.world_size, plan.train.num_workers)
+    settings = EvalSettings((bench.eval_input_size[1], bench.eval_input_size[0]), bench.align_corners,
+                            plan.train.eval_flip, tuple(plan.train.eval_scales))
+    return Restored(plan, run_dir, bench, method, int(state.get("step", 0)), checkpoint,
+                    placement.device, amp_dtype, settings)
+
+
+def evaluate_run(target: Path, benchmark: str | None = None, device: str | None = None,
+                 console: Console | None = None) -> tuple[dict[str, Any], RunDir]:
+    r = restore(target, device, console)
+    plan, run_dir, own = r.plan, r.run_dir, r.bench
+    bench = BENCHMARKS.get(benchmark) if benchmark else own
+    if bench.num_classes != own.num_classes:
+        raise UserError(f"{plan.benchmark} has {own.num_classes} classes, {bench.name} {bench.num_classes}")
+    # The method is always built on its own benchmark (its state, e.g. CLST's ensemble, has that
+    # shape); only the validation set comes from the benchmark asked for.
+    val = data_splits(bench, Path(plan.data_root), False, console).target_val
+    settings = EvalSettings((bench.eval_input_size[1], bench.eval_input_size[0]), bench.align_corners,
+                            plan.train.eval_flip, tuple(plan.train.eval_scales))
+    network, net = r.method.eval_network()
+    result = evaluate(net, val, settings, r.device, r.amp_dtype, 0, 1, plan.train.num_workers)
     score = result.score(bench.subsets, bench.convention)
+    checkpoint, state = r.checkpoint, {"step": r.step}
     record = {
         "schema": 1, "run_id": run_dir.path.name, "run_dir": str(run_dir.path),
         "method": plan.method, "uda": not METHODS.get(plan.method).uses_target_labels,

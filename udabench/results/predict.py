@@ -107,35 +107,16 @@ class LoadedRun:
 
 def load_run(run_path: Path, device: str | None = None, console: Any = None) -> LoadedRun:
     """Open a run directory and load its last checkpoint into the network its evaluation used."""
-    from udabench.engine.checkpoint import load_checkpoint
-    from udabench.engine.devices import amp_settings, place
-    from udabench.engine.evaluator import EvalSettings
-    from udabench.engine.runner import build_method, data_splits, open_run
+    from udabench.engine.evaluate_run import restore
 
     run_path = Path(run_path)
     if not run_path.is_dir():
         raise UserError(f"{run_path} is not a run directory (expected runs/<benchmark>/<method>/<run-id>)")
-    plan, run_dir = open_run(run_path)
-    if not run_dir.checkpoint.is_file():
-        raise UserError(f"{run_dir.checkpoint} does not exist; the run has no checkpoint to predict with yet")
-    placement = place(device or plan.train.device)
-    amp_dtype, _ = amp_settings(plan.train.amp, placement.device)
-    bench = plan.bench()
-    sets = data_splits(bench, Path(plan.data_root), False, console)
-    method, _ = build_method(plan, bench, sets, placement, run_dir.scratch, amp_dtype)
-    state = load_checkpoint(run_dir.checkpoint, map_location=placement.device)
-    if "method" not in state or state.get("method_name", plan.method) != plan.method:
-        raise UserError(f"{run_dir.checkpoint} is not a checkpoint of this run's method '{plan.method}'")
-    try:
-        method.load_state_dict(state["method"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"{run_dir.checkpoint} does not fit the run's network ({first[:200]})") from None
-    settings = EvalSettings((bench.eval_input_size[1], bench.eval_input_size[0]), bench.align_corners,
-                            plan.train.eval_flip, tuple(plan.train.eval_scales))
-    _, net = method.eval_network()
+    r = restore(run_path, device, console)
+    plan, bench, settings = r.plan, r.bench, r.settings
+    _, net = r.method.eval_network()
     net.eval()
-    return LoadedRun(run_path, plan, bench, net, settings, placement.device, amp_dtype, run_dir.checkpoint)
+    return LoadedRun(run_path, plan, bench, net, settings, r.device, r.amp_dtype, r.checkpoint)
 
 
 def select(ids: list[str], wanted: tuple[str, ...] = (), limit: int | None = None,
