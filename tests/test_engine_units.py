@@ -279,3 +279,16 @@ def test_method_model_defaults_then_user_overrides(tmp_path):
     plan = resolve_plan("source-only", "minicity-gta2cs", 0, TrainConfig(), {"multi_level": True}, {}, {},
                         tmp_path, tmp_path)
     assert plan.model.multi_level is True and plan.train.iters > 0 and plan.train.batch_size > 0
+
+
+def test_benchmark_method_defaults_yield_to_user_settings(tmp_path):
+    from udabench.config import TrainConfig
+    from udabench.engine.runner import MINICITY_DEFAULTS, resolve_plan
+
+    lr = dict(MINICITY_DEFAULTS.method)["lr"]
+    plan = resolve_plan("source-only", "minicity-gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    assert plan.method_config["lr"] == lr
+    plan = resolve_plan("source-only", "minicity-gta2cs", 0, TrainConfig(), {}, {"lr": 0.5}, {}, tmp_path, tmp_path)
+    assert plan.method_config["lr"] == 0.5
+    plan = resolve_plan("source-only", "gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    assert plan.method_config["lr"] == 2.5e-4 and plan.train.iters == 120_000 and plan.train.decay_iters == 250_000

@@ -4,11 +4,13 @@ User mistakes (UserError) print one red line and exit 2; nothing prints a traceb
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from udabench import __version__
@@ -32,6 +34,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 class UdabenchGroup(click.Group):
     """Turns UserError into one line and a non-zero exit, wherever it is raised."""
 
@@ -39,8 +44,18 @@ class UdabenchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escape(): messages name TOML tables like [train]; rich would eat them as markup
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a full disk or a read-only file system, wherever a write met it
+            if exc.errno not in _STORAGE_ERRORS:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            err_console.print(
+                f"[bold red]error:[/] cannot write{escape(where)} ({exc.strerror}); free space or fix "
+                "permissions, then run again (an interrupted run continues with --resume)",
+                highlight=False, soft_wrap=True)
+            sys.exit(2)
 
 
 @click.group(cls=UdabenchGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,6 +7,7 @@ the file, the key, the line and a "did you mean" hint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -121,6 +122,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # TOML accepts nan and inf; no setting means them
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -253,10 +256,17 @@ def _from_dict(data: dict[str, Any], where: str) -> Config:
     env = os.environ.get(DATA_ENV)
     if env:
         paths = dataclasses.replace(paths, data_root=Path(env).expanduser())
-    for kind in ("benchmarks", "methods"):
+    from udabench.registry import BENCHMARKS, METHODS
+
+    for kind, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS)):
         for name, table in data.get(kind, {}).items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{where}: {kind}.{name} must be a [table], got {table!r}")
+            if name not in registry:  # a misspelt name would silently drop its settings
+                raise ConfigError(
+                    f"{where}: [{kind}.{name}] names no known {registry.kind}"
+                    f"{did_you_mean(name, registry.names())}; known: {', '.join(registry.names())}"
+                )
     return Config(
         paths=paths,
         train=build(TrainConfig, data.get("train", {}), f"{where}: train"),

@@ -142,6 +142,13 @@ class RunDir:
         handle.flush()
         return handle
 
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporary files of a writer killed mid-write (call with the lock held: the
+        writer is gone). A killed checkpoint write would otherwise leave a checkpoint-sized file."""
+        for folder in (self.path, self.path / "checkpoints"):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -150,10 +157,14 @@ class RunDir:
         """On resume, drop log lines written after the checkpoint so the log matches the run."""
         if not self.metrics_file.exists():
             return
-        keep = [
-            line for line in self.metrics_file.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= after_step
-        ]
+        keep = []
+        for line in self.metrics_file.read_text().splitlines():
+            try:
+                step = json.loads(line).get("step", 0)
+            except ValueError:  # a line cut short (full disk, crash): dropped, logged again
+                continue
+            if step <= after_step:
+                keep.append(line)
         atomic_write_bytes(self.metrics_file, ("\n".join(keep) + ("\n" if keep else "")).encode())
 
     def save_per_image(self, ids: list[str], matrices: list[np.ndarray]) -> None:

@@ -135,7 +135,14 @@ class Trainer:
 
     def save(self, extra: dict[str, Any]) -> None:
         if self.rank == 0:
-            save_checkpoint(self.run_dir.checkpoint, {**self.state_dict(), **extra})
+            try:
+                save_checkpoint(self.run_dir.checkpoint, {**self.state_dict(), **extra})
+            except OSError as exc:  # a full disk: the write was atomic, the old file is intact
+                raise UserError(
+                    f"cannot write checkpoint {self.run_dir.checkpoint} at iteration {self.step} "
+                    f"({exc.strerror or exc}); the previous checkpoint is unchanged; free space, "
+                    f"then continue with: udabench run --resume {self.run_dir.path}"
+                ) from None
 
     def resume(self) -> dict[str, Any]:
         state = load_checkpoint(self.run_dir.checkpoint, map_location=self.device)
