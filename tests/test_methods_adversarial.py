@@ -17,6 +17,7 @@ from udabench.errors import ConfigError, UserError
 from udabench.method import MethodContext
 from udabench.models import SegmenterConfig, build_segmenter
 from udabench.registry import METHODS
+from tests.helpers import NoTargetLabels as Poisoned
 
 C = 3
 
@@ -70,19 +71,6 @@ def const_disc(k):
 def ctx(num_classes=C, tmp=Path(".")):
     return MethodContext(num_classes, torch.device("cpu"), 0, 10, 4, None, tmp)
 
-
-class Poisoned(dict):
-    """A target batch that still carries labels: any read of 'label' fails the test."""
-
-    def __getitem__(self, key):
-        if key == "label":
-            raise AssertionError("a method read target['label']")
-        return super().__getitem__(key)
-
-    def get(self, key, default=None):
-        if key == "label":
-            raise AssertionError("a method read target['label']")
-        return super().get(key, default)
 
 
 def batches(h=4, w=6, n=2):

@@ -18,6 +18,7 @@ from udabench.methods.clst import (
 )
 from udabench.models import SegmenterConfig, build_segmenter
 from udabench.registry import METHODS
+from tests.helpers import NoTargetLabels as PoisonDict
 
 
 @pytest.fixture(autouse=True)
@@ -201,17 +202,6 @@ def test_stale_file_without_checkpoint_is_reset(tmp_path):
 
 
 # -- the method through the trainer ----------------------------------------------------------
-class PoisonDict(dict):
-    def __getitem__(self, key):
-        if key == "label":
-            raise AssertionError("CLST read a target label")
-        return super().__getitem__(key)
-
-    def get(self, key, default=None):
-        if key == "label":
-            raise AssertionError("CLST read a target label")
-        return super().get(key, default)
-
 
 class ToyLoader:
     """Deterministic infinite batches; target ones carry index and geometry (scale, crop, flip)."""
