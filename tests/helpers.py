@@ -13,3 +13,26 @@ class NoTargetLabels(dict):
         if key == "label":
             raise AssertionError("a method read target['label']")
         return super().get(key, default)
+
+
+def tiny_toml(data, runs, iters: int = 6, log_every: int = 2, checkpoint_every: int = 2) -> str:
+    """A udabench.toml for a tiny generated MiniCity (48x96 images, a handful of each split)."""
+    return f"""
+[paths]
+data_root = "{data}"
+output_dir = "{runs}"
+
+[train]
+iters = {iters}
+batch_size = 2
+num_workers = 0
+log_every = {log_every}
+checkpoint_every = {checkpoint_every}
+
+[benchmarks.minicity-gta2cs]
+source_train_size = [64, 32]
+target_train_size = [64, 32]
+eval_input_size = [64, 32]
+eval_label_size = [96, 48]
+minicity = {{ height = 48, width = 96, n_source = 6, n_target_train = 6, n_target_val = 3 }}
+"""

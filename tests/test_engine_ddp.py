@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from udabench.engine.checkpoint import load_checkpoint
-from tests.test_engine_e2e import TINY_TOML
+from tests.helpers import tiny_toml
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_processes_match_one_process_with_accumulation(tmp_path):
     data = tmp_path / "data"
-    (tmp_path / "udabench.toml").write_text(TINY_TOML.format(data=data, runs=tmp_path / "runs"))
+    (tmp_path / "udabench.toml").write_text(tiny_toml(data, tmp_path / "runs"))
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     common = ["run", "source-only", "--benchmark", "minicity-gta2cs", "--iters", "4", "--device", "cpu"]

@@ -10,33 +10,15 @@ from udabench.cli import main
 from udabench.engine.checkpoint import load_checkpoint
 from udabench.engine.rundir import RunDir
 from udabench.engine.trainer import Trainer
+from tests.helpers import tiny_toml
 
-TINY_TOML = """
-[paths]
-data_root = "{data}"
-output_dir = "{runs}"
-
-[train]
-iters = 6
-batch_size = 2
-num_workers = 0
-log_every = 2
-checkpoint_every = 2
-
-[benchmarks.minicity-gta2cs]
-source_train_size = [64, 32]
-target_train_size = [64, 32]
-eval_input_size = [64, 32]
-eval_label_size = [96, 48]
-minicity = {{ height = 48, width = 96, n_source = 6, n_target_train = 6, n_target_val = 3 }}
-"""
 
 
 @pytest.fixture()
 def workdir(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("e2e")
     data = tmp_path_factory.getbasetemp() / "e2e-data"  # shared: generated once per session
-    (base / "udabench.toml").write_text(TINY_TOML.format(data=data, runs=base / "runs"))
+    (base / "udabench.toml").write_text(tiny_toml(data, base / "runs"))
     monkeypatch.chdir(base)
     monkeypatch.delenv("UDABENCH_DATA", raising=False)
     return base

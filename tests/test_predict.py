@@ -23,6 +23,7 @@ from udabench.results.predict import (
     to_label_ids,
 )
 from udabench.taxonomy import CLASS_NAMES, CLASSES, PALETTE
+from tests.helpers import tiny_toml
 
 # -- pixels ------------------------------------------------------------------------------------
 # Every trainId and the ignore value, in a 4x5 map (row-major).
@@ -200,31 +201,12 @@ def test_bad_arguments_give_one_line(tmp_path):
 
 
 # -- a tiny trained run --------------------------------------------------------------------------
-TINY_TOML = """
-[paths]
-data_root = "{data}"
-output_dir = "{runs}"
-
-[train]
-iters = 3
-batch_size = 2
-num_workers = 0
-log_every = 1
-checkpoint_every = 3
-
-[benchmarks.minicity-gta2cs]
-source_train_size = [64, 32]
-target_train_size = [64, 32]
-eval_input_size = [64, 32]
-eval_label_size = [96, 48]
-minicity = {{ height = 48, width = 96, n_source = 6, n_target_train = 6, n_target_val = 3 }}
-"""
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("predict")
-    (base / "udabench.toml").write_text(TINY_TOML.format(data=base / "data", runs=base / "runs"))
+    (base / "udabench.toml").write_text(tiny_toml(base / "data", base / "runs", iters=3, log_every=1, checkpoint_every=3))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(base)
         mp.delenv("UDABENCH_DATA", raising=False)
