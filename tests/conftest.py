@@ -116,3 +116,12 @@ def _flip_byte(path: Path) -> None:
 def png():
     return SimpleNamespace(rgb16=_png16_rgb, palette=_palette, u8=_u8, truncate=_truncate,
                            flip_byte=_flip_byte)
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny convolutions run fastest on one thread (and do not thrash a busy CI machine)."""
+    from udabench.engine.devices import torch_threads
+
+    with torch_threads(1):
+        yield

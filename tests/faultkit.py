@@ -1,7 +1,6 @@
 """Helpers for the fault-injection tests: tiny configs, real subprocess runs, kills, snapshots."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ from typing import Callable
 
 import torch
 from click.testing import CliRunner
+from udabench.engine.devices import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,17 +160,11 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-@contextlib.contextmanager
+
 def one_thread():
     """torch on one thread for in-process runs: on a busy 2-core machine two OpenMP threads
     make a tiny step ~50x slower (spin-waiting), and subprocess runs use one thread too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
+    return torch_threads(1)
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every regular file under ``root`` with its bytes (to prove nothing was touched)."""

@@ -21,13 +21,7 @@ from udabench.registry import METHODS
 from tests.helpers import NoTargetLabels as PoisonDict
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions: a second thread only adds contention (and stalls on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def geo(full, crop, flip):

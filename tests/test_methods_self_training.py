@@ -23,13 +23,7 @@ from udabench.models import SegmenterConfig, build_segmenter
 from udabench.registry import METHODS
 from tests.helpers import NoTargetLabels as Poisoned
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest on one thread (and do not thrash a busy CI machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # 1x6 map, 3 classes (class 2 is never the argmax). Confidences of the pixels predicted 0:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from udabench.data.pngio import read_png
 from udabench.errors import DataError, UserError
 from udabench.metrics import Score, apply_convention, iou_from_matrix, nanmean
 from udabench.taxonomy import CLASS_NAMES, CLASSES, IGNORE, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, SUBSETS
+from udabench.engine.devices import torch_threads
 
 ENCODINGS = ("trainid", "labelid", "color")
 VOID = NUM_CLASSES  # prediction column of labelIds outside the 19 evaluated classes
@@ -293,16 +293,6 @@ def score_with_void(matrix: np.ndarray, subsets: tuple[str, ...] = ("19", "16", 
                  convention=convention, pixels=total)
 
 
-@contextmanager
-def _one_torch_thread():
-    """The pool gives the parallelism; torch's own intra-op threads would only contend with it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
@@ -329,7 +319,7 @@ def score_predictions(pred_dir: Path, gt: dict[str, Path] | Path, encoding: str 
         return result
 
     n = workers or default_workers()
-    with _one_torch_thread():
+    with torch_threads(1):  # the pool gives the parallelism
         if n == 1:
             pairs = [job(s) for s in stems]
         else:

@@ -1,6 +1,7 @@
 """Device choice, mixed precision and torchrun/DDP process groups."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,18 @@ def amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bo
             raise UserError("train.amp=fp16 needs a CUDA device; use bf16 or off on the CPU")
         return torch.float16, True
     raise UserError(f"unknown train.amp '{amp}'; use auto, off, bf16 or fp16")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` for a block: where a thread pool or tiny tensors give
+    the parallelism, extra OpenMP threads only contend for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
