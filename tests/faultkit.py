@@ -13,31 +13,12 @@ from typing import Callable
 import torch
 from click.testing import CliRunner
 from udabench.engine.devices import torch_threads
+from tests.helpers import tiny_toml
 
 REPO = Path(__file__).resolve().parents[1]
 
 # MiniCity params shared by every fault test: one generated tree per pytest session.
 MINICITY = {"height": 48, "width": 96, "n_source": 6, "n_target_train": 6, "n_target_val": 6}
-
-TOML = """
-[paths]
-data_root = "{data}"
-output_dir = "{runs}"
-
-[train]
-iters = {iters}
-batch_size = 2
-num_workers = 0
-log_every = 1
-checkpoint_every = {checkpoint_every}
-
-[benchmarks.minicity-gta2cs]
-source_train_size = [{tw}, {th}]
-target_train_size = [{tw}, {th}]
-eval_input_size = [{ew}, {eh}]
-eval_label_size = [96, 48]
-minicity = {{ height = 48, width = 96, n_source = 6, n_target_train = 6, n_target_val = 6 }}
-"""
 
 
 def write_toml(folder: Path, data: Path, iters: int = 6, checkpoint_every: int = 2,
@@ -45,9 +26,9 @@ def write_toml(folder: Path, data: Path, iters: int = 6, checkpoint_every: int =
     """A udabench.toml for a tiny MiniCity run in ``folder`` (sizes are (W, H))."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "udabench.toml"
-    path.write_text(TOML.format(data=data, runs=folder / "runs", iters=iters,
-                                checkpoint_every=checkpoint_every, tw=train_size[0], th=train_size[1],
-                                ew=eval_size[0], eh=eval_size[1]))
+    path.write_text(tiny_toml(data, folder / "runs", iters=iters, log_every=1,
+                              checkpoint_every=checkpoint_every, train_size=train_size,
+                              eval_size=eval_size, n_val=MINICITY["n_target_val"]))
     return path
 
 
