@@ -178,13 +178,17 @@ class Adversarial(Method):
         for lvl in self.levels:
             disc = self.discriminators[lvl]
             map_t = discriminator_input(out_t[_KEY[lvl]], size_t, c.input)
+            # One D pass on the target serves both losses: the trainer sends the generator loss
+            # only into the segmenter and the D loss only into D, which is exactly what the
+            # published code gets from a second pass on detached predictions (one pass cheaper).
+            d_out_t = disc(map_t)
             # Generator: make target predictions look like source ones to D.
-            g = gan_loss(disc(map_t), SOURCE_LABEL, c.gan)
+            g = gan_loss(d_out_t, SOURCE_LABEL, c.gan)
             adv = adv + self.weights[lvl] * g
-            # Discriminator: on detached predictions, so it never moves the segmenter.
+            # Discriminator: source predictions detached; D's loss never reaches the segmenter.
             map_s = discriminator_input(out_s[_KEY[lvl]].detach(), size_s, c.input)
             d_s = gan_loss(disc(map_s), SOURCE_LABEL, c.gan)
-            d_t = gan_loss(disc(map_t.detach()), TARGET_LABEL, c.gan)
+            d_t = gan_loss(d_out_t, TARGET_LABEL, c.gan)
             d_loss = d_loss + 0.5 * d_s + 0.5 * d_t
             logs[f"adv_{lvl}"] = float(g.detach())
             logs[f"d_{lvl}"] = float((0.5 * d_s + 0.5 * d_t).detach())

@@ -292,3 +292,13 @@ def test_benchmark_method_defaults_yield_to_user_settings(tmp_path):
     assert plan.method_config["lr"] == 0.5
     plan = resolve_plan("source-only", "gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
     assert plan.method_config["lr"] == 2.5e-4 and plan.train.iters == 120_000 and plan.train.decay_iters == 250_000
+
+
+def test_benchmark_method_defaults_reach_only_methods_with_that_key(tmp_path):
+    from udabench.config import TrainConfig
+    from udabench.engine.runner import resolve_plan
+
+    args = (0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    assert resolve_plan("adversarial", "minicity-gta2cs", *args).method_config["ndf"] == 16
+    assert resolve_plan("adversarial", "gta2cs", *args).method_config["ndf"] == 64  # the paper's D
+    assert "ndf" not in resolve_plan("source-only", "minicity-gta2cs", *args).method_config
