@@ -66,3 +66,19 @@ def test_real_process_prints_no_traceback(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and "unknown method 'nope'" in p.stderr
+
+
+def test_verbs_load_lazily_and_their_listed_help_is_their_own():
+    """`udabench --help` lists every verb without importing torch; the help it shows for a verb
+    not yet loaded is the verb's own docstring line (so the table in cli.py cannot drift)."""
+    code = ("import sys; from click.testing import CliRunner; from udabench.cli import main; "
+            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
+            "print('torch' in sys.modules); print(r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "False"
+    from udabench.cli import _COMMANDS
+    ctx = main.make_context("udabench", ["run", "--help"], resilient_parsing=True)
+    for name, (_, _, listed) in _COMMANDS.items():
+        assert name in out
+        assert main.get_command(ctx, name).get_short_help_str(limit=1000) == listed
+    assert main.get_command(ctx, "nonsense") is None

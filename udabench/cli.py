@@ -17,18 +17,29 @@ from udabench import __version__
 from udabench.errors import UserError
 from udabench.registry import BENCHMARKS, METHODS
 
-# Verb modules, each exposing a click command or group named like the module's attribute.
-_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("udabench.commands.run", "run_cmd"),
-    ("udabench.commands.run", "eval_cmd"),
-    ("udabench.commands.data", "data"),
-    ("udabench.commands.results", "runs_cmd"),
-    ("udabench.commands.results", "leaderboard_cmd"),
-    ("udabench.commands.results", "compare_cmd"),
-    ("udabench.commands.score", "score"),
-    ("udabench.commands.predict", "predict_cmd"),
-    ("udabench.commands.predict", "plot_cmd"),
-)
+# Verb modules are imported only when their verb runs: most pull in torch/torchvision, which
+# would make `udabench --version` or `--help` take seconds. The help line is kept here so that
+# listing the verbs imports nothing (a test checks it equals each command's own docstring).
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("udabench.commands.run", "run_cmd",
+            "Train METHOD on a benchmark, evaluate it, and write a run directory."),
+    "eval": ("udabench.commands.run", "eval_cmd",
+             "Evaluate a run directory (or its checkpoints/last.pt) on a benchmark's validation set."),
+    "data": ("udabench.commands.data", "data",
+             "Check and prepare datasets on disk (udabench never downloads datasets)."),
+    "runs": ("udabench.commands.results", "runs_cmd", "List the finished runs in the run store."),
+    "leaderboard": ("udabench.commands.results", "leaderboard_cmd",
+                    "Mean +- std over seeds per method and config, one table per benchmark and spec hash."),
+    "compare": ("udabench.commands.results", "compare_cmd",
+                "Compare A and B (method names, run ids or run directories): per-class IoU and the "
+                "mIoU difference with a 95% bootstrap confidence interval."),
+    "score": ("udabench.commands.score", "score",
+              "Score one prediction PNG per validation image in PRED_DIR (flat or a mirrored tree)."),
+    "predict": ("udabench.commands.predict", "predict_cmd",
+                "Write RUN's predictions on the benchmark's target images as PNGs."),
+    "plot": ("udabench.commands.predict", "plot_cmd",
+             "Charts as PNG: RUN's per-class IoU and training curves, or A vs B per class with deltas."),
+}
 
 console = Console()
 err_console = Console(stderr=True)
@@ -38,7 +49,28 @@ _STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 class UdabenchGroup(click.Group):
-    """Turns UserError into one line and a non-zero exit, wherever it is raised."""
+    """Loads verbs on first use; turns UserError into one line and a non-zero exit."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _COMMANDS and name not in self.commands:
+            module, attr, _ = _COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(map(len, self.list_commands(ctx)))
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in _COMMANDS and name not in self.commands:
+                text = _COMMANDS[name][2]  # click's own shortening, without importing the verb
+                rows.append((name, click.Command(name, help=text).get_short_help_str(limit)))
+            else:
+                rows.append((name, self.commands[name].get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -99,6 +131,3 @@ def benchmarks_cmd(pattern: str) -> None:
         table.add_row(*b.summary_row())
     console.print(table)
 
-
-for _module, _attr in _COMMANDS:
-    main.add_command(getattr(importlib.import_module(_module), _attr))
