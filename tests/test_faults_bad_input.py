@@ -16,6 +16,7 @@ import torch
 
 from tests.faultkit import env, generate_data, invoke, one_thread, snapshot, write_toml
 from udabench.engine.checkpoint import load_checkpoint, save_checkpoint
+from udabench.engine.rundir import RunDir
 from udabench.engine.trainer import Trainer
 
 RUN = ["run", "source-only", "-b", "minicity-gta2cs"]
@@ -266,9 +267,7 @@ def test_a_user_mistake_gives_one_line_and_touches_nothing(name, base, tmp_path,
     monkeypatch.chdir(root)
     monkeypatch.delenv("UDABENCH_DATA", raising=False)
     args = case.make(w)
-    writes = case.writes
-    if args[0] == "run" and "--resume" not in args:  # a new run may leave its run directory
-        writes += ("runs/**",)
+    writes = case.writes  # a new run that fails before training must not leave its directory
     before = snapshot(root)
     if case.subprocess:
         r = subprocess.run([sys.executable, "-m", "udabench", *args], cwd=root, env=env(),
@@ -288,6 +287,8 @@ def test_a_user_mistake_gives_one_line_and_touches_nothing(name, base, tmp_path,
     after = snapshot(root)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert all(_allowed(k, writes) for k in changed), sorted(changed)
+    for config in root.glob("runs/**/config.json"):  # what a failed new run keeps, it trained
+        assert RunDir(config.parent).started(), sorted(p.name for p in config.parent.iterdir())
 
 
 def test_the_catalogue_is_large():

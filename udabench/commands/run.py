@@ -81,12 +81,19 @@ def run_cmd(method, benchmark, seed, seeds, iters, sets, resume, device, out, co
     rank, world, _ = init_distributed()
     records = []
     for plan, run_dir in plans:
+        created = run_dir is None
         run_dir = shared_run_dir(run_dir or (new_run(plan, out) if rank == 0 else None), world)
         lock = run_dir.lock() if rank == 0 else None
         try:
             if rank == 0:
                 console.print(f"[bold]{plan.method}[/] on [bold]{plan.benchmark}[/], seed {plan.seed}: {run_dir.path}")
             record = Run(plan, run_dir, console).execute(resume=resume is not None)
+        except Exception:
+            if created and rank == 0:
+                lock.close()
+                lock = None
+                run_dir.discard_unstarted()
+            raise
         finally:
             if lock is not None:
                 lock.close()

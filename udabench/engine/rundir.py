@@ -142,6 +142,18 @@ class RunDir:
         handle.flush()
         return handle
 
+    def started(self) -> bool:
+        """Whether training wrote anything (a log line, a checkpoint or a result)."""
+        return any(p.exists() for p in (self.metrics_file, self.checkpoint, self.result_file))
+
+    def discard_unstarted(self) -> bool:
+        """Delete a run directory this process created if the run failed before training wrote
+        anything (e.g. its dataset is missing), so failed starts leave no half-made run behind."""
+        if self.started():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
+
     def remove_stale_temporaries(self) -> None:
         """Delete the temporary files of a writer killed mid-write (call with the lock held: the
         writer is gone). A killed checkpoint write would otherwise leave a checkpoint-sized file."""
