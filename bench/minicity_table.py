@@ -1,8 +1,9 @@
 """The MiniCity outcome table: every reference method on both MiniCity benchmarks, several seeds.
 
 Run: python bench/minicity_table.py [--seeds 0-2] [--out runs-minicity]
-Each run is an ordinary `udabench run` (about 2.5 minutes for source-only and 4 for clst on 2 CPU
-cores); the table is `udabench leaderboard --format markdown` over the runs it made.
+Each run is an ordinary `udabench run` (on 2 CPU cores about 2.5 minutes for source-only and the
+oracle, 4 for clst and self-training, 7 for adversarial: about 1.5 hours for 3 seeds); the table
+is `udabench leaderboard --format markdown` over the runs it made. README shows its last output.
 """
 from __future__ import annotations
 

@@ -26,7 +26,10 @@ Departures from the published recipe (documented, each a setting where possible)
 - Rounds are spread over the run: ``rounds`` rounds after ``warmup_iters`` source-only iterations
   (CBST starts from a fully trained source model: give one with ``init_checkpoint``).
 - CBST's rare-class mining (``mine_port``) is not implemented.
-Defaults follow CBST: SGD lr 5e-5 constant (head 10x), 3 rounds.
+Defaults follow CBST: SGD lr 5e-5 constant (head 10x), 3 rounds. On MiniCity (a tiny network
+from scratch) the recipe ends far below source-only: the class-balanced thresholds pseudo-label
+the classes the warm-up model confuses and each round amplifies them (README, "MiniCity outcome";
+``bench/pseudo_label_quality.py`` measures it).
 
 ``self-training-online`` - plain online self-training (udabench proposal): an EMA teacher
 (momentum 0.99, warmed up as min(1 - 1/(t+1), 0.99) as in DACS) labels the current target batch;
