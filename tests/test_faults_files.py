@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -213,39 +212,8 @@ def test_a_read_only_output_folder_fails_before_training(work):
         ro.chmod(0o700)
 
 
-# -- concurrency -------------------------------------------------------------------------------
-def _index(args):
-    store, run_dir, barrier = args
-    from udabench.results.store import index_run
-
-    barrier.wait()  # all eight write at the same moment
-    index_run(store, run_dir)
-    return run_dir
-
-
-def test_eight_processes_finishing_into_one_store_all_land(tmp_path):
-    from udabench.results.store import load_records, store_path
-
-    records = json.loads((Path(__file__).parent / "fixtures" / "run_records.json").read_text())
-    out = tmp_path / "runs"
-    dirs = []
-    for i in range(8):
-        rec = dict(records[i % len(records)], run_id=f"run-{i}", seed=i)
-        d = out / rec["benchmark"] / rec["method"] / rec["run_id"]
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps(rec))
-        dirs.append(d)
-    ctx = mp.get_context("fork")
-    barrier = ctx.Manager().Barrier(8)
-    store = store_path(out)
-    procs = [ctx.Process(target=_index, args=((store, d, barrier),)) for d in dirs]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0] * 8
-    got = load_records(store)
-    assert sorted(r["run_id"] for r in got) == [f"run-{i}" for i in range(8)]
+# -- concurrency: eight processes indexing into one store at once: tested once, in
+# tests/test_results_store.py (test_eight_concurrent_writers_lose_nothing); one copy is enough.
 
 
 @pytest.mark.slow
