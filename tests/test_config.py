@@ -19,7 +19,8 @@ def test_shipped_file_loads_and_matches_defaults(monkeypatch):
     cfg = load_config(REPO / "udabench.toml")
     assert isinstance(cfg, Config)
     assert cfg.train == TrainConfig()
-    assert cfg.paths.data_root == Path("data")
+    # recorded absolute (relative to the file's folder), with the user's spelling kept for display
+    assert cfg.paths.data_root == REPO / "data" and cfg.spelled["data_root"] == "data"
 
 
 def test_precedence_defaults_file_set(tmp_path):
@@ -93,3 +94,47 @@ def test_method_overrides_are_kept_raw_for_the_method(tmp_path):
     cfg = load_config(write(tmp_path, "[methods.clst]\nw_cl = 0.5\n"))
     assert cfg.method_overrides("clst") == {"w_cl": 0.5}
     assert cfg.method_overrides("adversarial") == {}
+
+
+def test_relative_paths_resolve_against_the_file_or_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("UDABENCH_DATA", raising=False)
+    p = write(tmp_path, '[paths]\ndata_root = "d"\noutput_dir = "o"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(p, sets=["paths.output_dir=x"])
+    assert cfg.paths.data_root == tmp_path / "d"  # from the file: next to the file
+    assert cfg.paths.output_dir == elsewhere / "x"  # from --set: the current folder
+    monkeypatch.setenv("UDABENCH_DATA", "rel")
+    cfg = load_config(p)
+    assert cfg.paths.data_root == elsewhere / "rel" and cfg.origins["paths.data_root"] == "UDABENCH_DATA"
+
+
+def test_errors_blame_the_set_item_not_the_file(tmp_path):
+    p = write(tmp_path, "[train]\niters = 100\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, sets=["train.iters=-1"])
+    assert str(e.value).startswith("--set train.iters=-1: train.iters = -1 is not allowed")
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "[train]\n\nlog_every = 0\n"), sets=["train.iters=3"])
+    assert str(e.value).startswith(f"{p}:3: train.log_every = 0 is not allowed: expected a finite number >= 1")
+
+
+def test_value_errors_of_later_sections_name_their_origin(tmp_path):
+    cfg = load_config(write(tmp_path, "[methods.clst]\nw_cl = 0.5\n\n[model]\ninit = 'x'\n"),
+                      sets=["methods.clst.tau=-1"])
+    assert str(cfg.blame(ConfigError("methods.clst.tau = -1 is not allowed"))).startswith("--set methods.clst.tau=-1: ")
+    assert str(cfg.blame(ConfigError("model.init: no such file"))).startswith(f"{tmp_path / 'udabench.toml'}:5: ")
+    assert str(cfg.blame(ConfigError("train.iters = 0 ..."))) == "train.iters = 0 ..."  # a default: no origin
+
+
+def test_non_utf8_file_is_one_line(tmp_path):
+    p = tmp_path / "udabench.toml"
+    p.write_bytes(b"[train]\n# caf\xe9\niters = 3\n")
+    with pytest.raises(ConfigError, match=r"udabench.toml:2: not UTF-8 text \(byte 0xe9\)"):
+        load_config(p)
+
+
+def test_a_run_config_json_is_pointed_at_from():
+    with pytest.raises(ConfigError, match="udabench run --from"):
+        load_config(REPO / "tests" / "fixtures" / "run_records.json")

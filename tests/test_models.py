@@ -369,11 +369,11 @@ def test_wrong_checkpoints_are_user_errors(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,expected", [
-    ("bn_mode", "freeze", "model.bn_mode: 'freeze' is not one of frozen, frozen_affine, train"),
-    ("aspp_branches", 3, "model.aspp_branches: 3 is not one of 2, 4"),
+    ("bn_mode", "freeze", "model.bn_mode = 'freeze' is not allowed: expected one of 'frozen', 'frozen_affine', 'train'"),
+    ("aspp_branches", 3, "model.aspp_branches = 3 is not allowed: expected one of 2, 4"),
     ("backbone", "resnet-101", "did you mean 'resnet101'"),
     ("init", "pretrained", "model.init: 'pretrained' is not one of imagenet"),
-    ("head_lr_mult", 0.0, "model.head_lr_mult: expected a positive number"),
+    ("head_lr_mult", 0.0, "model.head_lr_mult = 0.0 is not allowed: expected a finite number > 0"),
     ("multi_level", "yes", "model.multi_level: expected true or false"),
 ])
 def test_config_validation(field, value, expected):

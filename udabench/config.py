@@ -15,56 +15,58 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from udabench.errors import ConfigError
 from udabench.registry import did_you_mean
+from udabench.settings import Allowed, Settings, setting
 
 CONFIG_FILE = "udabench.toml"
 DATA_ENV = "UDABENCH_DATA"
 
 
 @dataclass
-class PathsConfig:
-    data_root: Path = Path("data")  # datasets (and generated MiniCity) live below this
-    output_dir: Path = Path("runs")  # run directories and the run store
+class PathsConfig(Settings):
+    WHERE: ClassVar[str] = "paths"
+
+    # Relative paths are resolved when the config is loaded (against the folder of the
+    # udabench.toml that names them, else the current directory) and recorded absolute.
+    data_root: Path = setting(Path("data"), free=True, doc="datasets (and generated MiniCity)")
+    output_dir: Path = setting(Path("runs"), free=True, doc="run directories and the run store")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Engine settings shared by every method (a method's own recipe lives in its config)."""
 
-    iters: int = 0  # 0 = the benchmark's default length
-    decay_iters: int = 0  # poly-decay horizon; 0 = same as iters (classic recipes decay longer)
-    batch_size: int = 0  # per domain, effective over all GPUs; 0 = the benchmark's default
-    grad_accum: int = 0  # micro-steps per optimiser step; 0 = derived from batch size and GPUs
-    num_workers: int = 2
-    eval_every: int = 0  # 0 = only at the end
-    checkpoint_every: int = 0  # 0 = the benchmark's default
-    log_every: int = 10
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
-    channels_last: bool = True
-    compile: bool = False
-    clip_grad: float = 0.0  # max grad norm; 0 = no clipping
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_flip: bool = False
-    eval_scales: tuple[float, ...] = (1.0,)
+    WHERE: ClassVar[str] = "train"
 
+    iters: int = setting(0, ge=0, doc="training iterations; 0 = the benchmark's default")
+    decay_iters: int = setting(0, ge=0, doc="poly-decay horizon; 0 = the benchmark's (or iters)")
+    batch_size: int = setting(0, ge=0, doc="per domain, over all GPUs; 0 = the benchmark's default")
+    grad_accum: int = setting(0, ge=0, doc="micro-steps per optimiser step; 0 = derived")
+    num_workers: int = setting(2, ge=0, doc="data loader processes")
+    eval_every: int = setting(0, ge=0, doc="evaluate every N iterations; 0 = only at the end")
+    checkpoint_every: int = setting(0, ge=0, doc="0 = the benchmark's default")
+    log_every: int = setting(10, ge=1, doc="metrics.jsonl line every N iterations")
+    amp: str = setting("auto", choices=("auto", "off", "bf16", "fp16"),
+                       doc="auto = bf16 on CUDA, off on CPU")
+    channels_last: bool = setting(True, free=True, doc="NHWC on CUDA")
+    compile: bool = setting(False, free=True, doc="torch.compile the segmenter")
+    clip_grad: float = setting(0.0, ge=0, doc="max gradient norm; 0 = no clipping")
+    device: str = setting("auto", nonempty=True, doc="auto | cpu | cuda | cuda:N")
+    eval_flip: bool = setting(False, free=True, doc="test-time horizontal flip (recorded)")
+    eval_scales: tuple[float, ...] = setting((1.0,), min_len=1, item=Allowed(gt=0, le=4),
+                                             doc="test-time scales (recorded)")
 
-@dataclass
-class Config:
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: dict[str, Any] = field(default_factory=dict)  # segmenter overrides, checked on build
-    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    source: str = "built-in defaults"  # which file the values came from, for messages
-
-    def method_overrides(self, name: str) -> dict[str, Any]:
-        return dict(self.methods.get(name, {}))
-
-    def benchmark_overrides(self, name: str) -> dict[str, Any]:
-        return dict(self.benchmarks.get(name, {}))
+    def check(self) -> None:
+        if not _DEVICE.match(self.device):
+            raise self.fail("device", "expected auto, cpu, cuda or cuda:N")
+        if len(set(self.eval_scales)) != len(self.eval_scales):
+            raise self.fail("eval_scales", "expected distinct scales")
 
 
 # --- typed conversion -------------------------------------------------------------------------
@@ -201,11 +203,90 @@ def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
 # --- loading ----------------------------------------------------------------------------------
 
 
-def _line_of(text: str, key: str) -> str:
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: dict[str, Any] = field(default_factory=dict)  # segmenter overrides, checked on build
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "built-in defaults"  # which file the values came from, for messages
+    # dotted key ("train.iters", "methods.clst.tau", a section "methods.clst") -> where it was set
+    # ("udabench.toml:12", "--set train.iters=5", "UDABENCH_DATA"); absent = built-in default.
+    origins: dict[str, str] = field(default_factory=dict)
+    # paths as the user spelled them (data_root, output_dir), for display next to the absolute ones
+    spelled: dict[str, str] = field(default_factory=dict)
+
+    def method_overrides(self, name: str) -> dict[str, Any]:
+        return dict(self.methods.get(name, {}))
+
+    def benchmark_overrides(self, name: str) -> dict[str, Any]:
+        return dict(self.benchmarks.get(name, {}))
+
+    def origin(self, key: str) -> str | None:
+        """Where a dotted key (or the nearest section above it) was set; None = a default."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            found = self.origins.get(".".join(parts[:n]))
+            if found:
+                return found
+        return None
+
+    def blame(self, exc: ConfigError) -> ConfigError:
+        """The same error, prefixed with where the offending key was set (file:line or --set)."""
+        return blame(exc, self.origins)
+
+
+def _error_key(msg: str) -> str | None:
+    """The dotted key a ConfigError message is about (messages start with the key)."""
+    unknown = re.match(r"^([\w.-]+): unknown key '([^']+)'", msg)
+    if unknown:
+        return f"{unknown.group(1)}.{unknown.group(2)}"
+    section = re.match(r"^unknown section \[([^\]]+)\]", msg)
+    if section:
+        return section.group(1)
+    named = re.match(r"^\[?([A-Za-z_][\w-]*(?:\.[\w-]+)+|[A-Za-z_][\w-]*)\]?(?:\[\d+\])?(?::| =| names| must) ", msg)
+    return named.group(1) if named else None
+
+
+def blame(exc: ConfigError, origins: dict[str, str]) -> ConfigError:
+    msg = str(exc)
+    key = _error_key(msg)
+    if key is None:
+        return ConfigError(msg)
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        where = origins.get(".".join(parts[:n]))
+        if where:
+            return ConfigError(f"{where}: {msg}")
+    return ConfigError(msg)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> line number for every ``key = value`` and ``[section]`` line of a TOML text."""
+    out: dict[str, int] = {}
+    section: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", line) or line.strip() == f"[{key}]":
-            return f":{number}"
-    return ""
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([^\[\]]+?)\s*\]", stripped)
+        if header:
+            section = [p.strip().strip('"') for p in header.group(1).split(".")]
+            out.setdefault(".".join(section), number)
+            continue
+        assign = re.match(r'^"?([A-Za-z0-9_.-]+)"?\s*=', stripped)
+        if assign:
+            out.setdefault(".".join(section + [assign.group(1)]), number)
+    return out
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        out.append(key)
+        if isinstance(v, dict):
+            out.extend(_leaves(v, key + "."))
+    return out
 
 
 def find_config_file(explicit: Path | None = None) -> Path | None:
@@ -218,60 +299,111 @@ def find_config_file(explicit: Path | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def read_toml(file: Path) -> tuple[str, dict[str, Any]]:
+    """(text, data) of a TOML file; anything unreadable is one ConfigError naming the file."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{file}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          "save the file as UTF-8") from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        if file.suffix == ".json":
+            raise ConfigError(f"{file}: a run's config.json is not a settings file; "
+                              "use `udabench run --from RUN_DIR` to rerun a run's settings") from None
+        raise ConfigError(f"{file}: malformed TOML: {exc}") from None
+
+
 def load_config(path: Path | None = None, sets: tuple[str, ...] | list[str] = ()) -> Config:
-    """Read udabench.toml (if any), apply ``--set`` items and the env var, return a typed Config."""
+    """Read udabench.toml (if any), apply ``--set`` items and the env var, return a typed Config.
+
+    Errors name where the offending value was set: ``udabench.toml:12`` or ``--set k=v``.
+    """
     file = find_config_file(path)
     text, data = "", {}
+    origins: dict[str, str] = {}
     if file is not None:
-        text = file.read_text(encoding="utf-8")
+        text, data = read_toml(file)
+        lines = _key_lines(text)
+        for key in _leaves(data):
+            origins[key] = f"{file}:{lines[key]}" if key in lines else str(file)
+        # The file alone must be valid: a bad value there is the file's fault, not a --set's.
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: malformed TOML: {exc}") from None
-    where = str(file) if file else "built-in defaults"
+            _from_dict(data, file, set())
+        except ConfigError as exc:
+            raise blame(exc, origins) from None
+    set_keys = set()
+    for item in sets:
+        path_, _ = parse_set(item)
+        set_keys.add(".".join(path_))
+        for n in range(1, len(path_) + 1):
+            origins[".".join(path_[:n])] = f"--set {item}"
     try:
-        return _from_dict(merge_sets(data, sets), where)
+        cfg = _from_dict(merge_sets(data, sets), file, set_keys)
     except ConfigError as exc:
-        msg = str(exc)
-        if file is not None and msg.startswith(where + ": "):
-            # Point at the line of the offending key when it is in the file.
-            rest = msg[len(where) + 2 :]
-            key = re.search(r"(?:unknown key '([^']+)')|\.([\w-]+): ", rest)
-            name = next((g for g in key.groups() if g), "") if key else ""
-            msg = f"{where}{_line_of(text, name) if name else ''}: {rest}"
-        raise ConfigError(msg) from None
+        raise blame(exc, origins) from None
+    env = os.environ.get(DATA_ENV)
+    if env:
+        origins["paths.data_root"] = DATA_ENV
+    cfg.origins = origins
+    return cfg
 
 
-def _from_dict(data: dict[str, Any], where: str) -> Config:
-    sections = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
+def _absolute(value: Path, base: Path) -> Path:
+    value = Path(value).expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def _from_dict(data: dict[str, Any], file: Path | None, set_keys: set[str]) -> Config:
+    sections = [f.name for f in dataclasses.fields(Config) if f.init and f.type in
+                ("PathsConfig", "TrainConfig", "dict[str, Any]", "dict[str, dict[str, Any]]")]
     for key, value in data.items():
         if key not in sections:
             raise ConfigError(
-                f"{where}: unknown section [{key}]{did_you_mean(key, sections)}; "
-                f"known: {', '.join(sections)}"
+                f"unknown section [{key}]{did_you_mean(key, sections)}; known: {', '.join(sections)}"
             )
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a [table], got {value!r}")
-    paths = build(PathsConfig, data.get("paths", {}), f"{where}: paths")
+            raise ConfigError(f"{key} must be a [table], got {value!r}")
+    raw_paths = data.get("paths", {})
+    paths = build(PathsConfig, raw_paths, "paths")
+    spelled = {k: str(getattr(paths, k)) for k in ("data_root", "output_dir")}
+    # Relative paths from the file are relative to the file; from --set, to the current folder.
+    file_dir = file.resolve().parent if file is not None else Path.cwd()
     env = os.environ.get(DATA_ENV)
     if env:
-        paths = dataclasses.replace(paths, data_root=Path(env).expanduser())
+        spelled["data_root"] = env
+        paths = dataclasses.replace(paths, data_root=Path(env))
+    def base(key: str) -> Path:
+        return Path.cwd() if f"paths.{key}" in set_keys else file_dir
+
+    paths = dataclasses.replace(
+        paths,
+        data_root=_absolute(paths.data_root, Path.cwd() if env else base("data_root")),
+        output_dir=_absolute(paths.output_dir, base("output_dir")),
+    )
     from udabench.registry import BENCHMARKS, METHODS
 
     for kind, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS)):
         for name, table in data.get(kind, {}).items():
             if not isinstance(table, dict):
-                raise ConfigError(f"{where}: {kind}.{name} must be a [table], got {table!r}")
+                raise ConfigError(f"{kind}.{name} must be a [table], got {table!r}")
             if name not in registry:  # a misspelt name would silently drop its settings
                 raise ConfigError(
-                    f"{where}: [{kind}.{name}] names no known {registry.kind}"
+                    f"[{kind}.{name}] names no known {registry.kind}"
                     f"{did_you_mean(name, registry.names())}; known: {', '.join(registry.names())}"
                 )
     return Config(
         paths=paths,
-        train=build(TrainConfig, data.get("train", {}), f"{where}: train"),
+        train=build(TrainConfig, data.get("train", {}), "train"),
         model=dict(data.get("model", {})),
         benchmarks={k: dict(v) for k, v in data.get("benchmarks", {}).items()},
         methods={k: dict(v) for k, v in data.get("methods", {}).items()},
-        source=where,
+        source=str(file) if file else "built-in defaults",
+        spelled=spelled,
     )

@@ -7,6 +7,7 @@ feature resolution (1/8 of the input; the Caffe geometry rounds up: 512x1024 -> 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 from itertools import chain
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from udabench.errors import ConfigError, UserError
 from udabench.models import weights
 from udabench.models.backbones import ResNetBackbone, apply_caffe_geometry
 from udabench.registry import MODELS, did_you_mean
+from udabench.settings import Settings, setting
 
 # torchvision's original ImageNet weights, as used by DeepLabV2-era PyTorch code.
 IMAGENET_TAG = "tv_in1k"
@@ -35,32 +37,26 @@ NORMALISATIONS: dict[str, dict] = {
 
 
 @dataclass
-class SegmenterConfig:
-    backbone: str = "resnet101"  # a name registered with @register_model
-    init: str = "imagenet"  # see INIT_FORMS; recorded with every result (moves mIoU by 1-2)
-    aspp_branches: int = 4  # 2 reproduces the AdaptSegNet/DACS classifier bug (6, 12 only)
-    multi_level: bool = False  # auxiliary classifier on layer3 (AdaptSegNet, AdvEnt)
-    bn_mode: str = "frozen_affine"  # frozen | frozen_affine | train (see Segmenter)
-    head_lr_mult: float = 10.0
+class SegmenterConfig(Settings):
+    WHERE: ClassVar[str] = "model"
 
-    def __post_init__(self) -> None:
+    backbone: str = setting("resnet101", nonempty=True, doc="a name registered with @register_model")
+    init: str = setting("imagenet", nonempty=True, doc=INIT_FORMS + "; recorded (moves mIoU 1-2)")
+    aspp_branches: int = setting(4, choices=(2, 4),
+                                 doc="2 reproduces the AdaptSegNet/DACS classifier (6, 12 only)")
+    multi_level: bool = setting(False, free=True, doc="auxiliary classifier on layer3")
+    bn_mode: str = setting("frozen_affine", choices=BN_MODES, doc="see Segmenter")
+    head_lr_mult: float = setting(10.0, gt=0, doc="learning-rate multiplier of the head")
+
+    def check(self) -> None:
         if self.backbone not in MODELS:
             names = MODELS.names()
-            raise ConfigError(f"model.backbone: unknown backbone '{self.backbone}'"
-                              f"{did_you_mean(self.backbone, names)}; known: {', '.join(names)}")
-        if self.aspp_branches not in (2, 4):
-            raise ConfigError(f"model.aspp_branches: {self.aspp_branches!r} is not one of 2, 4")
-        if self.bn_mode not in BN_MODES:
-            raise ConfigError(f"model.bn_mode: {self.bn_mode!r} is not one of {', '.join(BN_MODES)}"
-                              f"{did_you_mean(str(self.bn_mode), list(BN_MODES))}")
-        if not isinstance(self.multi_level, bool):
-            raise ConfigError(f"model.multi_level: expected true or false, "
-                              f"got {self.multi_level!r}")
-        if isinstance(self.head_lr_mult, bool) or not isinstance(self.head_lr_mult, (int, float)) \
-                or not self.head_lr_mult > 0:
-            raise ConfigError(f"model.head_lr_mult: expected a positive number, "
-                              f"got {self.head_lr_mult!r}")
+            raise self.fail("backbone", f"unknown backbone{did_you_mean(self.backbone, names)}; "
+                                        f"known: {', '.join(names)}")
         parse_init(self.init)
+        kind, arg = parse_init(self.init)
+        if kind in ("caffe", "file") and not Path(arg).expanduser().is_file():
+            raise self.fail("init", "the weights file does not exist; give an existing path, imagenet or scratch")
 
     def init_kind(self) -> tuple[str, str]:
         return parse_init(self.init)
@@ -159,6 +155,11 @@ class Segmenter(nn.Module):
                     if p is not None:
                         p.requires_grad_(False)
         self.train()
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the ``feat`` output (the deepest backbone stage): what methods align."""
+        return int(self.backbone.channels[1])
 
     def batchnorms(self) -> list[nn.modules.batchnorm._BatchNorm]:
         return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
