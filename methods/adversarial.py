@@ -34,40 +34,19 @@ predictions (+ 0.0002 x for the aux head when multi-level), no discriminator. Th
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from udabench.errors import ConfigError, UserError
-from udabench.method import Method, OptimConfig, OptimizerSpec, StepOutput
-from udabench.models import Discriminator
-from udabench.registry import register_method
-from .source_only import supervised_loss_and_outputs
+from udabench.method import (Allowed, Discriminator, Method, OptimConfig, OptimizerSpec,
+                             StepOutput, UserError, normalised_entropy, register_method,
+                             self_information, setting, supervised_loss, upsampled_probs)
 
 SOURCE_LABEL = 0.0  # domain labels of AdaptSegNet/AdvEnt
 TARGET_LABEL = 1.0
-
-
-def self_information(probs: torch.Tensor) -> torch.Tensor:
-    """AdvEnt's weighted self-information map I_c = -p_c log p_c / log C, [B, C, H, W]."""
-    c = probs.shape[1]
-    return -probs * torch.log(probs.clamp_min(1e-30)) / math.log(c)
-
-
-def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Per-pixel entropy divided by log C (in [0, 1]), [B, H, W]."""
-    return self_information(probs).sum(1)
-
-
-def upsampled_probs(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Softmax of the logits upsampled to ``size`` (the input size, as in the published code)."""
-    if tuple(logits.shape[-2:]) != tuple(size):
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    return logits.float().softmax(1)
 
 
 def discriminator_input(logits: torch.Tensor, size: tuple[int, int], kind: str) -> torch.Tensor:
@@ -82,13 +61,6 @@ def gan_loss(d_out: torch.Tensor, label: float, gan: str) -> torch.Tensor:
     if gan == "lsgan":
         return F.mse_loss(d_out, target)
     return F.binary_cross_entropy_with_logits(d_out, target)
-
-
-def _check_non_negative(cfg: object, where: str, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if value is not None and not value >= 0:
-            raise ConfigError(f"{where}.{name}: expected a number >= 0, got {value!r}")
 
 
 def _resolve_levels(method: Method, multi_level: bool, name: str) -> list[str]:
@@ -107,28 +79,22 @@ _KEY = {"main": "out", "aux": "aux"}
 
 @dataclass
 class AdversarialConfig(OptimConfig):
-    input: Literal["softmax", "entropy"] = "softmax"  # softmax: AdaptSegNet; entropy: AdvEnt
-    gan: Literal["bce", "lsgan"] = "bce"
-    multi_level: bool | None = None  # None = the recipe of `gan`: true (bce), false (lsgan)
-    adv_weight: float | None = None  # main level; None = 0.001 (bce) or 0.01 (lsgan)
-    adv_aux_weight: float = 0.0002  # aux level (multi-level only)
-    aux_weight: float = 0.1  # segmentation CE of the aux head on the source
-    d_lr: float = 1e-4
-    d_betas: tuple[float, float] = (0.9, 0.99)
-    d_weight_decay: float = 0.0
-    d_poly_power: float = 0.9
-    ndf: int = 64
+    WHERE: ClassVar[str] = "methods.adversarial"
 
-    def __post_init__(self) -> None:
-        where = "methods.adversarial"
-        _check_non_negative(self, where, ("adv_weight", "adv_aux_weight", "aux_weight",
-                                          "d_weight_decay", "d_poly_power"))
-        if not self.d_lr > 0:
-            raise ConfigError(f"{where}.d_lr: expected a positive number, got {self.d_lr!r}")
-        if len(self.d_betas) != 2 or not all(0 <= b < 1 for b in self.d_betas):
-            raise ConfigError(f"{where}.d_betas: expected two numbers in [0, 1), got {self.d_betas!r}")
-        if self.ndf < 1:
-            raise ConfigError(f"{where}.ndf: expected a positive integer, got {self.ndf!r}")
+    input: Literal["softmax", "entropy"] = setting("softmax", choices=("softmax", "entropy"),
+                                                   doc="softmax: AdaptSegNet; entropy: AdvEnt")
+    gan: Literal["bce", "lsgan"] = setting("bce", choices=("bce", "lsgan"))
+    multi_level: bool | None = setting(None, free=True,
+                                       doc="None = the recipe of `gan`: true (bce), false (lsgan)")
+    adv_weight: float | None = setting(None, ge=0, doc="main level; None = 0.001 (bce), 0.01 (lsgan)")
+    adv_aux_weight: float = setting(0.0002, ge=0, doc="aux level (multi-level only)")
+    aux_weight: float = setting(0.1, ge=0, doc="segmentation CE of the aux head on the source")
+    d_lr: float = setting(1e-4, gt=0, doc="discriminators' Adam learning rate")
+    d_betas: tuple[float, float] = setting((0.9, 0.99), min_len=2, max_len=2,
+                                           item=Allowed(ge=0, lt=1))
+    d_weight_decay: float = setting(0.0, ge=0)
+    d_poly_power: float = setting(0.9, ge=0)
+    ndf: int = setting(64, ge=1, doc="discriminator width (channels of its first conv)")
 
     def resolved_multi_level(self) -> bool:
         return self.gan == "bce" if self.multi_level is None else self.multi_level
@@ -169,9 +135,9 @@ class Adversarial(Method):
 
     def training_step(self, source: dict, target: dict, step: int) -> StepOutput:
         c = self.cfg
-        seg_loss, logs, out_s = supervised_loss_and_outputs(self, source, c.aux_weight)
+        seg_loss, logs, out_s = supervised_loss(self, source, c.aux_weight)
         image_t = target["image"]
-        out_t = self.segmenter(image_t.float().div(255.0))
+        out_t = self.segment(image_t)
         size_s, size_t = tuple(source["image"].shape[-2:]), tuple(image_t.shape[-2:])
         adv = seg_loss.new_zeros(())
         d_loss = seg_loss.new_zeros(())
@@ -197,13 +163,13 @@ class Adversarial(Method):
 
 @dataclass
 class MinEntConfig(OptimConfig):
-    ent_weight: float = 0.001  # main level
-    ent_aux_weight: float = 0.0002  # aux level, when multi-level
-    aux_weight: float = 0.1  # segmentation CE of the aux head on the source
-    multi_level: bool | None = None  # None = follow the segmenter (aux term iff it has an aux head)
+    WHERE: ClassVar[str] = "methods.minent"
 
-    def __post_init__(self) -> None:
-        _check_non_negative(self, "methods.minent", ("ent_weight", "ent_aux_weight", "aux_weight"))
+    ent_weight: float = setting(0.001, ge=0, doc="main level")
+    ent_aux_weight: float = setting(0.0002, ge=0, doc="aux level, when multi-level")
+    aux_weight: float = setting(0.1, ge=0, doc="segmentation CE of the aux head on the source")
+    multi_level: bool | None = setting(None, free=True,
+                                       doc="None = follow the segmenter (aux term iff it has one)")
 
 
 @register_method("minent", description="ADVENT's MinEnt: entropy minimisation on the target")
@@ -221,9 +187,9 @@ class MinEnt(Method):
         self.weights = {"main": cfg.ent_weight, "aux": cfg.ent_aux_weight}
 
     def training_step(self, source: dict, target: dict, step: int) -> StepOutput:
-        loss, logs, _ = supervised_loss_and_outputs(self, source, self.cfg.aux_weight)
+        loss, logs, _ = supervised_loss(self, source, self.cfg.aux_weight)
         image_t = target["image"]
-        out_t = self.segmenter(image_t.float().div(255.0))
+        out_t = self.segment(image_t)
         for lvl in self.levels:
             ent = normalised_entropy(upsampled_probs(out_t[_KEY[lvl]], tuple(image_t.shape[-2:])))
             ent = ent.mean()

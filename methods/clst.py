@@ -24,65 +24,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from udabench.engine.checkpoint import load_checkpoint
-from udabench.ensemble import MODES, EnsembleLayout, TemporalEnsemble
-from udabench.errors import ConfigError, UserError
-from udabench.method import Method, MethodContext, OptimConfig, StepOutput, cross_entropy
-from udabench.registry import register_method
+from udabench.method import (ENSEMBLE_MODES, IGNORE, Allowed, EnsembleLayout, Method,
+                             MethodContext, OptimConfig, StepOutput, TemporalEnsemble, UserError,
+                             load_segmenter_weights, register_method, setting, supervised_loss)
 
-IGNORE = 255
 ENSEMBLE_FILE = "clst_ensemble.bin"
 
 
 @dataclass
 class CLSTConfig(OptimConfig):
-    aux_weight: float = 0.1  # auxiliary head CE on source, when the segmenter is multi-level
-    warmup_iters: int = -1  # source-only steps first; -1 = a quarter of the run (0 with init_from)
-    init_from: str = ""  # a source-only checkpoint (run's last.pt or a segmenter state dict)
-    tau: float = 0.1
-    w_cl: float = 0.1
-    w_st: float = 1.0
-    symmetric: bool = False
-    projection: str = "none"  # none | mlp (1x1 conv, ReLU, 1x1 conv)
-    projection_dim: int = 128
-    centroid_momentum: float = 0.0  # 0 = batch centroids; >0 = blended with a memory (buffers)
-    ensemble_momentum: float = 0.9
-    ensemble_mode: str = "probs_fp16"  # probs_fp16 | top1_uint8
-    ensemble_input_size: tuple[int, ...] = ()  # (H, W) un-augmented target size; () = from the data
-    label_timing: str = "before_update"  # before_update | after_update (include this visit)
-    threshold_mode: str = "global"  # global | class_balanced
-    threshold: float = 0.9  # global threshold; cap of the class-balanced ones
-    portion: float = 0.5  # class_balanced: fraction of each class's pixels kept (CBST's p)
-    cb_momentum: float = 0.99  # class_balanced: decay of the confidence histogram per step
+    WHERE: ClassVar[str] = "methods.clst"
 
-    def __post_init__(self) -> None:
-        choices = {"projection": ("none", "mlp"), "ensemble_mode": MODES,
-                   "label_timing": ("before_update", "after_update"),
-                   "threshold_mode": ("global", "class_balanced")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"methods.clst.{key}: {getattr(self, key)!r} is not one of "
-                                  f"{', '.join(allowed)}")
-        ranges = {"tau": (0.0, None), "ensemble_momentum": (0.0, 1.0), "threshold": (0.0, 1.0),
-                  "portion": (0.0, 1.0), "cb_momentum": (0.0, 1.0), "centroid_momentum": (0.0, 1.0)}
-        for key, (lo, hi) in ranges.items():
-            v = getattr(self, key)
-            ok = (v > lo if key in ("tau", "portion") else v >= lo) and (hi is None or v <= hi)
-            if key in ("ensemble_momentum", "centroid_momentum"):
-                ok = ok and v < 1.0
-            if not ok:
-                raise ConfigError(f"methods.clst.{key}: {v!r} is out of range")
-        if self.ensemble_input_size and (len(self.ensemble_input_size) != 2
-                                         or min(self.ensemble_input_size) < 1):
-            raise ConfigError(f"methods.clst.ensemble_input_size: expected [H, W], "
-                              f"got {list(self.ensemble_input_size)}")
-        if self.warmup_iters < -1 or self.projection_dim < 1:
-            raise ConfigError("methods.clst.warmup_iters must be >= -1 and projection_dim >= 1")
+    aux_weight: float = setting(0.1, ge=0, doc="auxiliary head CE on source, when multi-level")
+    warmup_iters: int = setting(-1, ge=-1, doc="source-only steps first; -1 = a quarter of the run "
+                                                "(0 with init_from)")
+    init_from: str = setting("", free=True, doc="a source-only checkpoint (last.pt or state dict)")
+    tau: float = setting(0.1, gt=0, doc="temperature of the centroid contrastive softmax")
+    w_cl: float = setting(0.1, ge=0, doc="weight of the contrastive centroid loss")
+    w_st: float = setting(1.0, ge=0, doc="weight of the self-training loss")
+    symmetric: bool = setting(False, free=True)
+    projection: str = setting("none", choices=("none", "mlp"),
+                              doc="mlp = 1x1 conv, ReLU, 1x1 conv on the features")
+    projection_dim: int = setting(128, ge=1)
+    centroid_momentum: float = setting(0.0, ge=0, lt=1, doc="0 = batch centroids; >0 = a memory")
+    ensemble_momentum: float = setting(0.9, ge=0, lt=1)
+    ensemble_mode: str = setting("probs_fp16", choices=ENSEMBLE_MODES)
+    ensemble_input_size: tuple[int, ...] = setting(
+        (), item=Allowed(ge=1), doc="(H, W) un-augmented target size; () = from the data")
+    label_timing: str = setting("before_update", choices=("before_update", "after_update"),
+                                doc="after_update includes this visit")
+    threshold_mode: str = setting("global", choices=("global", "class_balanced"))
+    threshold: float = setting(0.9, ge=0, le=1, doc="global threshold; cap of class-balanced ones")
+    portion: float = setting(0.5, gt=0, le=1, doc="class_balanced: share of each class kept")
+    cb_momentum: float = setting(0.99, ge=0, le=1, doc="class_balanced: histogram decay per step")
+
+    def check(self) -> None:
+        if len(self.ensemble_input_size) not in (0, 2):
+            raise self.fail("ensemble_input_size", "expected [H, W] or []")
 
 
 # -- contrastive centroid loss ------------------------------------------------------------------
@@ -151,7 +135,7 @@ class CLST(Method):
             raise UserError("methods.clst: multi-process training is not supported yet (the "
                             "per-image ensemble is one file per run); run on one device")
         C = ctx.num_classes
-        channels = segmenter.backbone.channels[1]
+        channels = self.feature_channels
         self.projection = None
         if cfg.projection == "mlp":
             self.projection = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True),
@@ -164,7 +148,8 @@ class CLST(Method):
         self.warmup = cfg.warmup_iters if cfg.warmup_iters >= 0 else \
             (0 if cfg.init_from else ctx.total_iters // 4)
         if cfg.init_from:
-            self._load_init(Path(cfg.init_from).expanduser())
+            load_segmenter_weights(self.segmenter, Path(cfg.init_from).expanduser(),
+                                   "methods.clst.init_from")
         grid = segmenter.feature_size(*self._input_size(ctx))
         layout = EnsembleLayout(ctx.target_train_size, C, grid, cfg.ensemble_mode)
         self.ensemble = TemporalEnsemble(Path(ctx.scratch_dir) / ENSEMBLE_FILE, layout,
@@ -177,18 +162,6 @@ class CLST(Method):
             raise UserError("methods.clst.ensemble_input_size: no un-augmented target images to "
                             "measure; set it to the target training size [H, W]")
         return tuple(int(v) for v in ctx.target_images[0]["image"].shape[-2:])
-
-    def _load_init(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        if "method" in state:  # a udabench run checkpoint
-            state = {k[len("segmenter."):]: v for k, v in state["method"].items()
-                     if k.startswith("segmenter.")}
-        try:
-            self.segmenter.load_state_dict(state)
-        except RuntimeError as exc:
-            detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])
-            raise UserError(f"methods.clst.init_from: {path} does not fit this segmenter "
-                            f"({detail[:200]})") from None
 
     def optimizers(self):
         specs = super().optimizers()
@@ -251,15 +224,11 @@ class CLST(Method):
     # -- the step -----------------------------------------------------------------------------
     def training_step(self, source: dict, target: dict, step: int) -> StepOutput:
         c = self.cfg
-        out_s = self.segmenter(source["image"].float().div(255.0))
-        loss = cross_entropy(out_s["out"], source["label"])
-        logs = {"ce": float(loss.detach())}
-        if out_s.get("aux") is not None and c.aux_weight > 0:
-            loss = loss + c.aux_weight * cross_entropy(out_s["aux"], source["label"])
+        loss, logs, out_s = supervised_loss(self, source, c.aux_weight)
         if step < self.warmup or not target:
             return StepOutput({"model": loss}, logs)  # warm-up: source only, target never forwarded
 
-        out_t = self.segmenter(target["image"].float().div(255.0))
+        out_t = self.segment(target["image"])
         logits_t = out_t["out"]
         probs = logits_t.detach().float().softmax(1)
         if c.label_timing == "after_update":

@@ -7,10 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from udabench.methods.adversarial import (
-    Adversarial, AdversarialConfig, MinEnt, MinEntConfig, gan_loss, normalised_entropy,
-    self_information,
-)
+from udabench.method import normalised_entropy, self_information
+from udabench.methods.adversarial import Adversarial, AdversarialConfig, MinEnt, MinEntConfig, gan_loss
 from udabench.engine.rundir import RunDir
 from udabench.engine.trainer import LoopSettings, Trainer
 from udabench.errors import ConfigError, UserError

@@ -15,9 +15,10 @@ from udabench.engine.rundir import RunDir
 from udabench.engine.trainer import LoopSettings, Trainer
 from udabench.errors import UserError
 from udabench.method import MethodContext
+from udabench.method import ConfidenceCollector, pseudo_labels, window_labels
+from udabench.method import cross_entropy as ce_ignore_safe
 from udabench.methods.self_training import (
-    ConfidenceCollector, OnlineSelfTraining, OnlineSelfTrainingConfig, SelfTraining,
-    SelfTrainingConfig, ce_ignore_safe, pseudo_labels, window_labels,
+    OnlineSelfTraining, OnlineSelfTrainingConfig, SelfTraining, SelfTrainingConfig,
 )
 from udabench.models import SegmenterConfig, build_segmenter
 from udabench.registry import METHODS

@@ -6,6 +6,12 @@ every network it owns (segmenter, discriminators, EMA teachers) is in its ``stat
 state (counters, rounds, memories) goes through ``get_extra_state``/``set_extra_state`` or buffers,
 so resume is exact. The Trainer, not the method, runs backward, unscaling, clipping, gradient
 reduction and optimiser steps, so AMP, DDP and gradient accumulation work for every method.
+
+This module is the complete kit a method needs; a method file imports it (and torch), never
+another method or the engine: supervised and ignore-safe losses, ``Method.segment`` (uint8 batch
+-> logits, the one place images are scaled), upsampled probabilities and entropy maps,
+pseudo-label rules, EMA teachers, the temporal ensemble, loading weights, and declared settings
+(``setting``: each key's valid values, checked by one function with one error format).
 """
 from __future__ import annotations
 
@@ -18,15 +24,31 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from udabench.ensemble import MODES as ENSEMBLE_MODES, EnsembleLayout, TemporalEnsemble  # noqa: F401
+from udabench.errors import ConfigError, DataError, UserError  # noqa: F401
+from udabench.methodkit.losses import (IGNORE, cross_entropy, multi_level_ce,  # noqa: F401
+                                       normalised_entropy, self_information, supervised_loss,
+                                       upsampled_probs)
+from udabench.methodkit.pseudo import (ConfidenceCollector, batch_window_labels,  # noqa: F401
+                                       ordered_loader, pseudo_labels, window_labels)
+from udabench.methodkit.teacher import ema_alpha, ema_update, make_teacher  # noqa: F401
+from udabench.methodkit.weights import load_segmenter_weights  # noqa: F401
+from udabench.models.discriminator import Discriminator  # noqa: F401
+from udabench.registry import register_method  # noqa: F401
+from udabench.settings import Allowed, Settings, setting  # noqa: F401
+
 
 @dataclass
-class OptimConfig:
-    """The common optimisation of the DeepLabV2 era (methods.md); method configs inherit it."""
+class OptimConfig(Settings):
+    """The common optimisation of the DeepLabV2 era (docs/methods.md); method configs inherit it
+    and set ``WHERE`` to their key prefix (``methods.<name>``)."""
 
-    lr: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9  # 0 = constant learning rate
+    WHERE: ClassVar[str] = "methods"
+
+    lr: float = setting(2.5e-4, gt=0, doc="learning rate of the segmenter's backbone")
+    momentum: float = setting(0.9, ge=0, lt=1, doc="SGD momentum")
+    weight_decay: float = setting(5e-4, ge=0)
+    poly_power: float = setting(0.9, ge=0, doc="poly learning-rate decay power; 0 = constant")
 
 
 @dataclass
@@ -77,12 +99,31 @@ class Method(nn.Module):
     uses_target_labels: ClassVar[bool] = False
     #: False when training_step ignores the target batch (the trainer then loads none).
     uses_target: ClassVar[bool] = True
+    #: A method whose published protocol starts from a trained model of another method (CBST from
+    #: source-only) names it here; the runner then starts it from the finished run of that method
+    #: with the same benchmark, seed and network (``train.init_from``), making it first if needed.
+    warm_start: ClassVar[str | None] = None
 
     def __init__(self, segmenter: nn.Module, cfg: Any, ctx: MethodContext):
         super().__init__()
         self.segmenter = segmenter
         self.cfg = cfg
         self.ctx = ctx
+
+    # -- helpers for subclasses -------------------------------------------------------------------
+    def segment(self, images: torch.Tensor, network: nn.Module | None = None) -> dict[str, Any]:
+        """Run ``network`` (default: the segmenter) on a batch of images as the data layer gives
+        them (uint8 RGB [B, 3, H, W]); the ONE place images become floats in [0, 1] (the model
+        then applies the normalisation of its weights)."""
+        net = self.segmenter if network is None else network
+        if images.dtype == torch.uint8:
+            images = images.float().div(255.0)
+        return net(images)
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the segmenter's ``feat`` output (the features methods align)."""
+        return int(self.segmenter.feature_channels)
 
     # -- what the trainer asks ----------------------------------------------------------------
     def optimizers(self) -> dict[str, OptimizerSpec]:
@@ -125,11 +166,3 @@ class Method(nn.Module):
         parts = [f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)]
         return ", ".join(parts)
 
-
-def cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Segmentation CE with logits upsampled to the label size, ignoring 255."""
-    if logits.shape[-2:] != label.shape[-2:]:
-        logits = nn.functional.interpolate(
-            logits, size=label.shape[-2:], mode="bilinear", align_corners=False
-        )
-    return nn.functional.cross_entropy(logits.float(), label.long(), ignore_index=255)

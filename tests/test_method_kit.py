@@ -1,0 +1,60 @@
+"""The method kit is the only thing a method file imports from udabench (issue 15)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import torch
+
+from udabench.method import Method, cross_entropy, supervised_loss
+
+METHODS_DIR = Path(__file__).resolve().parents[1] / "methods"
+# What a method file may import: the kit, the standard library, and the numeric libraries.
+ALLOWED_ROOTS = {"torch", "numpy", "__future__", "dataclasses", "typing", "math", "os", "pathlib",
+                 "copy", "functools", "itertools", "collections", "random"}
+
+
+def imports_of(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append("." * node.level + (node.module or ""))
+    return names
+
+
+def test_method_files_import_only_the_kit():
+    files = [p for p in METHODS_DIR.glob("*.py") if p.name != "__init__.py"]
+    assert len(files) >= 5
+    for path in files:
+        for name in imports_of(path):
+            assert not name.startswith("."), f"{path.name} imports a sibling method ({name})"
+            root = name.split(".")[0]
+            if root == "udabench":
+                assert name == "udabench.method", f"{path.name} imports {name}: use udabench.method"
+            else:
+                assert root in ALLOWED_ROOTS, f"{path.name} imports {name}"
+
+
+class _Net(torch.nn.Module):
+    def forward(self, x):
+        assert x.dtype == torch.float32 and float(x.max()) <= 1.0
+        return {"out": x[:, :2] * 10, "aux": None, "feat": x}
+
+
+def test_segment_scales_uint8_once_and_cross_entropy_is_zero_without_labels():
+    m = Method(_Net(), None, None)
+    images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    out = m.segment(images)
+    assert torch.equal(out["out"], torch.full((1, 2, 2, 2), 10.0))
+    assert torch.equal(m.segment(images.float() / 255)["out"], out["out"])  # floats pass through
+    void = torch.full((1, 2, 2), 255, dtype=torch.uint8)
+    loss = cross_entropy(out["out"].requires_grad_(), void)
+    assert loss.item() == 0.0 and loss.requires_grad  # not NaN, graph kept
+    # one labelled pixel: exactly its CE (logits 10, 10 -> log 2)
+    label = void.clone()
+    label[0, 0, 0] = 1
+    assert abs(cross_entropy(out["out"], label).item() - float(torch.log(torch.tensor(2.0)))) < 1e-6
+    loss, logs, _ = supervised_loss(m, {"image": images, "label": label}, aux_weight=0.1)
+    assert set(logs) == {"ce"}  # no aux head, no aux term
