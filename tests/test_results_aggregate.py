@@ -57,7 +57,8 @@ def test_aggregate_matches_hand_computed_means_and_stds(records):
     assert (syn["mIoU16"], syn["mIoU13"]) == (28.0, 33.0) and math.isnan(syn["mIoU19"])
     # Sorted by benchmark, spec hash, then headline mIoU descending.
     assert list(df.method[df.spec_hash == S1]) == ["oracle", "clst", "clst", "source-only"]
-    assert list(df.columns[:7]) == ["benchmark", "spec_hash", "method", "config_hash", "n", "seeds", "uda"]
+    assert list(df.columns[:8]) == ["benchmark", "spec_hash", "val_set", "method", "config_hash", "n", "seeds", "uda"]
+    assert set(df.val_set) == {"40 images"}  # records without a fingerprint: grouped by image count
 
 
 def test_boards_split_by_spec_hash_and_carry_protocol(records):
@@ -121,8 +122,8 @@ def test_markdown_latex_csv_highlight_and_mark(records):
     tex = tables.to_latex(boards, warnings)
     assert r"\begin{tabular}" in tex and r"\textbf{44.0}" in tex and r"$\pm$" in tex and S2 in tex
     csv = tables.to_csv(boards).splitlines()
-    assert csv[0].startswith("kind,benchmark,spec_hash,method,config_hash,n,seeds,uda,mIoU19,mIoU19 std")
-    assert any(line.startswith("not UDA,minicity-gta2cs,aaaa11112222,oracle") for line in csv)
+    assert csv[0].startswith("kind,benchmark,spec_hash,val_set,method,name,config_hash,n,seeds,uda,mIoU19,mIoU19 std")
+    assert any(line.startswith("not UDA,minicity-gta2cs,aaaa11112222,40 images,oracle") for line in csv)
 
 
 @pytest.mark.parametrize("width", [80, 120])

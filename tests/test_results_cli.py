@@ -57,7 +57,7 @@ def test_empty_store_says_how_to_make_a_run(tmp_path):
 
 def test_bad_arguments_are_one_line_errors(out):
     _one_line_error(invoke("compare", "clst", "nope", "--output-dir", out),
-                    "unknown method or run 'nope'", "clst, oracle, self-training, source-only")
+                    "unknown method, run name, config or run 'nope'", "clst, oracle, self-training, source-only")
     _one_line_error(invoke("leaderboard", "--benchmark", "minicity-gta2c", "--output-dir", out),
                     "unknown benchmark 'minicity-gta2c'", "did you mean 'minicity-gta2cs'")
     _one_line_error(invoke("runs", "--benchmark", "nosuch", "--output-dir", out), "unknown benchmark 'nosuch'")
@@ -92,7 +92,7 @@ def test_leaderboard_formats(out):
     assert "| traffic sign |" in md and "### minicity-gta2cs (spec spec00000001)" in md
     assert "spec spec00000001 is not the current minicity-gta2cs definition" in md
     csv = invoke("leaderboard", "--format", "csv", "--output-dir", out, "-b", "minicity-gta2cs")
-    assert csv.stdout.splitlines()[0].startswith("kind,benchmark,spec_hash,method")  # warnings on stderr
+    assert csv.stdout.splitlines()[0].startswith("kind,benchmark,spec_hash,val_set,method,name")  # warnings on stderr
     assert "2 spec hashes" in csv.stderr and len(csv.stdout.splitlines()) == 5
     assert r"\begin{tabular}" in invoke("leaderboard", "--format", "latex", "--output-dir", out).output
 

@@ -1,6 +1,11 @@
-"""``udabench runs``, ``udabench leaderboard`` and ``udabench compare``: read the run store."""
+"""``udabench runs``, ``udabench leaderboard`` and ``udabench compare``: read the run store.
+
+These listing commands never import torch: the store, the tables and the bootstrap are pandas
+and numpy, and benchmark names/spec hashes come from ``udabench.results.specs``'s cache.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,140 +34,267 @@ def store_options(fn):
     return fn
 
 
-def _locate(output_dir: Path | None, config_file: Path | None) -> tuple[Path, Path]:
-    from udabench.results.store import store_path
-
+def _output_dir(output_dir: Path | None, config_file: Path | None) -> Path:
     if output_dir is None:
         from udabench.config import load_config
 
         output_dir = load_config(config_file).paths.output_dir
-    return store_path(output_dir), Path(output_dir)
+    return Path(output_dir)
 
 
-def _records(output_dir: Path | None, config_file: Path | None, benchmark: str | None,
-             rebuild: bool = False) -> tuple[list[dict[str, Any]], Path]:
-    """Records of the store; builds the store from the run directories on first use or on request."""
-    from udabench.results.store import find_run_dirs, load_records, reindex
-
-    store, out = _locate(output_dir, config_file)
-    if rebuild or (not store.exists() and find_run_dirs(out)):
-        summary = reindex(store, out)
-        notices.print(f"indexed {summary.indexed} run(s) from {out} into {store}", soft_wrap=True)
-        for reason in summary.skipped:
-            notices.print(Text(f"skipped: {reason}", style="yellow"), soft_wrap=True)
-    records = load_records(store)
-    if benchmark is not None:
-        _check_benchmark(benchmark, records)
-        records = [r for r in records if r["benchmark"] == benchmark]
-    return records, store
+def notify(line: str) -> None:
+    style = "yellow" if line.startswith(("left out", "skipped", "remembered")) else "dim"
+    notices.print(Text(line, style=style), soft_wrap=True)
 
 
-def _check_benchmark(benchmark: str, records: list[dict[str, Any]]) -> None:
-    from udabench.registry import BENCHMARKS, did_you_mean
+def open_store(output_dir: Path | None, config_file: Path | None, benchmark: str | None = None,
+               rebuild: bool = False, add: tuple[Path, ...] = ()) -> Any:
+    """The store view (udabench.results.view.StoreView) of the output folder, notices printed,
+    ``benchmark`` checked and applied."""
+    from udabench.results.view import open_view
 
-    known = sorted(set(BENCHMARKS.names()) | {r["benchmark"] for r in records})
+    view = open_view(_output_dir(output_dir, config_file), benchmark, rebuild, add)
+    for line in view.notices:
+        notify(line)
+    if benchmark is not None and not view.rows:
+        _check_benchmark(benchmark, view.store)
+    return view
+
+
+def _check_benchmark(benchmark: str, store: Path) -> None:
+    from udabench.registry import did_you_mean
+    from udabench.results.aggregate import reported_benchmarks
+    from udabench.results.specs import current_specs
+
+    known = sorted(set(current_specs(store)) | set(reported_benchmarks()))
     if benchmark not in known:
         raise UserError(f"unknown benchmark '{benchmark}'{did_you_mean(benchmark, known)}; known: {', '.join(known)}")
 
 
-def _note_foreign_specs(boards: list[Any]) -> None:
+def _note_foreign_specs(boards: list[Any], store: Path) -> None:
     """Say when a table's spec hash is not the benchmark's current definition (overrides, old versions)."""
-    from udabench.registry import BENCHMARKS
+    from udabench.results.specs import current_specs
 
-    names = set(BENCHMARKS.names())
+    specs = current_specs(store)
     for board in boards:
-        if board.benchmark in names:
-            current = BENCHMARKS.get(board.benchmark).hash()
-            if current != board.spec_hash:
-                board.notes.append(f"spec {board.spec_hash} is not the current {board.benchmark} definition "
-                                   f"({current}): runs with [benchmarks] overrides or an older udabench")
+        current = specs.get(board.benchmark)
+        if board.spec_hash and current and current != board.spec_hash:
+            board.notes.append(f"spec {board.spec_hash} is not the current {board.benchmark} definition "
+                               f"({current}): runs with [benchmarks] overrides or an older udabench")
 
 
 def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "-"
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+    from udabench.results.columns import duration
+
+    return duration(seconds if isinstance(seconds, (int, float)) else None)
+
+
+def _label(record: dict[str, Any]) -> str:
+    """A run's user-given identity: its name and tags."""
+    tags = record.get("tags") or []
+    return (record.get("name") or "-") + (f" [{', '.join(map(str, tags))}]" if tags else "")
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+_SHOWN_BY_DEFAULT = ("finished", "superseded")
+
+
+def _run_json(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("run_id", "run_dir", "status", "superseded_by", "benchmark", "spec_hash", "method", "config_hash",
+            "seed", "name", "tags", "uda", "subsets", "miou", "iters", "planned_iters", "finished")
+    from udabench.results.store import val_set
+
+    return {**{k: r.get(k) for k in keys}, "val_set": val_set(r)}
+
+
+def _runs_table(bench: str, spec: str, rows: list[dict[str, Any]]) -> Table:
+    from udabench.report import fmt
+
+    subsets = [str(s) for s in rows[0]["subsets"]]
+    table = Table(title=f"{bench} (spec {spec}): {len(rows)} run(s)", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    # The run id carries the config hash (and seed), so it is the one column never squeezed.
+    table.add_column("run id", no_wrap=True, min_width=max(len(r["run_id"]) for r in rows))
+    labels = [r["method"] + ("" if r.get("uda", True) else " (not UDA)") for r in rows]
+    table.add_column("method", overflow="fold", min_width=min(20, max(map(len, labels))))
+    table.add_column("name", overflow="fold")
+    table.add_column("seed", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for sub in subsets:
+        table.add_column(f"mIoU{sub}", justify="right", no_wrap=True)
+    table.add_column("iters", justify="right", no_wrap=True)
+    table.add_column("wall", justify="right", no_wrap=True)
+    for r, method in zip(rows, labels):
+        status = r["status"] + (f" by {r['superseded_by']}" if r.get("superseded_by") else "")
+        style = {"finished": "", "superseded": "dim", "missing": "red", "changed": "yellow"}[r["status"]]
+        table.add_row(r["run_id"], method, _label(r), str(r["seed"]), Text(status, style=style),
+                      *[fmt(r["miou"].get(sub)) for sub in subsets], str(r.get("iters", "-")),
+                      _duration((r.get("compute") or {}).get("wall_seconds")))
+    return table
 
 
 @click.command("runs")
 @click.option("--benchmark", "-b", help="only runs of this benchmark")
+@click.option("--method", "-m", "methods", multiple=True, help="only runs of this method (repeatable)")
+@click.option("--name", "names", multiple=True, help="only runs with this run name (repeatable)")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["finished", "superseded", "missing", "changed"]),
+              help="only runs with this status (repeatable; default: finished and superseded)")
+@click.option("--limit", type=click.IntRange(min=1), help="only the N most recently finished")
+@click.option("--format", "fmt_", type=click.Choice(["rich", "json"]), default="rich", show_default=True)
 @click.option("--reindex", "rebuild", is_flag=True, help="rebuild the store from the run directories first")
+@click.option("--add", "add", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="also index the run directories below this folder, now and at every --reindex")
+@click.option("--forget", "forget", multiple=True, type=click.Path(path_type=Path),
+              help="stop indexing a folder given to --add (its rows go at the next --reindex)")
+@click.option("--prune", is_flag=True, help="remove the rows of runs whose directory or result.json is gone")
 @store_options
-def runs_cmd(benchmark: str | None, rebuild: bool, output_dir: Path | None, config_file: Path | None) -> None:
+def runs_cmd(benchmark: str | None, methods: tuple[str, ...], names: tuple[str, ...], statuses: tuple[str, ...],
+             limit: int | None, fmt_: str, rebuild: bool, add: tuple[Path, ...], forget: tuple[Path, ...],
+             prune: bool, output_dir: Path | None, config_file: Path | None) -> None:
     """List the finished runs in the run store."""
-    from udabench.report import fmt
-    from udabench.results.aggregate import build_boards
-    from udabench.results.compare import no_runs_message
+    from udabench.results.store import delete_rows, forget_folder, store_path
+    from udabench.results.view import MISSING, newest_first_key, no_runs_message
 
-    records, store = _records(output_dir, config_file, benchmark, rebuild)
-    if not records:
-        console.print(Text(no_runs_message(store, benchmark)), soft_wrap=True)
+    out = _output_dir(output_dir, config_file)
+    for folder in forget:
+        known = forget_folder(store_path(out), folder)
+        notify(f"{'forgot' if known else 'was not indexing'} {Path(folder).resolve()}")
+    view = open_store(out, None, benchmark, rebuild, add)
+    if prune:
+        gone = [r["run_dir"] for r in view.having(MISSING)]
+        removed = delete_rows(view.store, gone)
+        notify(f"pruned {removed} row(s) of runs that are gone" + (f": {', '.join(gone)}" if gone else ""))
+        view.rows = [r for r in view.rows if r["status"] != MISSING]
+    rows = view.having(*(statuses or _SHOWN_BY_DEFAULT))
+    rows = [r for r in rows if (not methods or r["method"] in methods) and (not names or r.get("name") in names)]
+    if limit is not None:
+        rows = sorted(sorted(rows, key=newest_first_key)[-limit:], key=newest_first_key)
+    if fmt_ == "json":
+        click.echo(json.dumps([_run_json(r) for r in rows], indent=2))
+        return
+    if not rows:
+        what = no_runs_message(view.store, benchmark) if not (methods or names or statuses) else \
+            f"no runs match these filters in {view.store}"
+        console.print(Text(what), soft_wrap=True)
         return
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
+    for r in rows:
         groups.setdefault((r["benchmark"], r["spec_hash"]), []).append(r)
-    for (bench, spec), rows in sorted(groups.items()):
-        subsets = [str(s) for s in rows[0]["subsets"]]
-        (board,), _ = build_boards(rows, with_reported=False)
-        table = Table(title=f"{bench} (spec {spec}): {len(rows)} run(s)", title_justify="left",
-                      caption=board.caption(), caption_justify="left",
-                      box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        # The run id carries the config hash (and seed), so it is the one column never squeezed.
-        table.add_column("run id", no_wrap=True, min_width=max(len(r["run_id"]) for r in rows))
-        labels = [r["method"] + ("" if r.get("uda", True) else " (not UDA)") for r in rows]
-        table.add_column("method", overflow="fold", min_width=min(20, max(map(len, labels))))
-        table.add_column("seed", justify="right", no_wrap=True)
-        for sub in subsets:
-            table.add_column(f"mIoU{sub}", justify="right", no_wrap=True)
-        table.add_column("iters", justify="right", no_wrap=True)
-        table.add_column("wall", justify="right", no_wrap=True)
-        for r, method in zip(rows, labels):
-            table.add_row(r["run_id"], method, str(r["seed"]),
-                          *[fmt(r["miou"].get(sub)) for sub in subsets], str(r.get("iters", "-")),
-                          _duration((r.get("compute") or {}).get("wall_seconds")))
-        console.print(table)
+    for (bench, spec), group in sorted(groups.items()):
+        console.print(_runs_table(bench, spec, group))
         console.print()
-    console.print(Text(f"store {store}; run directories are <output_dir>/<benchmark>/<method>/<run id>; "
-                       "compare two with `udabench compare A B`", style="dim"))
+    console.print(Text(f"store {view.store}; a configuration and seed count once (the newest finished run; "
+                       "older ones are superseded); compare two with `udabench compare A B`", style="dim"),
+                  soft_wrap=True)
+
+
+# --- leaderboard --------------------------------------------------------------------------------
+
+
+def _leaderboard_records(view: Any, selectors: tuple[str, ...], methods: tuple[str, ...],
+                         configs: tuple[str, ...], benchmark: str | None) -> list[dict[str, Any]]:
+    from udabench.results.select import MIN_PREFIX, matching
+
+    records = view.records
+    if selectors:
+        chosen: dict[str, dict[str, Any]] = {}
+        for token in selectors:
+            chosen.update((r["run_dir"], r) for r in matching(token, view, benchmark)[0])
+        records = list(chosen.values())
+    if methods:
+        records = [r for r in records if r["method"] in methods]
+    for prefix in configs:
+        if len(prefix) < MIN_PREFIX:
+            raise UserError(f"--config-hash {prefix}: give at least {MIN_PREFIX} characters of the config hash")
+    if configs:
+        records = [r for r in records if any(r["config_hash"].startswith(p) for p in configs)]
+    return records
 
 
 @click.command("leaderboard")
+@click.argument("selectors", nargs=-1, metavar="[SELECT]...")
 @click.option("--benchmark", "-b", help="only this benchmark")
+@click.option("--method", "-m", "methods", multiple=True, help="only this method (repeatable)")
+@click.option("--config-hash", "configs", multiple=True, metavar="HASH",
+              help="only the configuration whose hash starts with HASH (>= 6 characters; repeatable)")
 @click.option("--per-class", is_flag=True, help="add a column per class (mean IoU over seeds)")
+@click.option("--columns", help="columns to show, in order, e.g. method,classes,miou or method,n,road,mIoU19 "
+                                "(groups: classes, miou, compute)")
 @click.option("--format", "fmt_", type=click.Choice(["rich", "markdown", "csv", "latex", "json"]),
               default="rich", show_default=True, help="output format")
 @store_options
-def leaderboard_cmd(benchmark: str | None, per_class: bool, fmt_: str, output_dir: Path | None,
-                    config_file: Path | None) -> None:
-    """Mean +- std over seeds per method and config, one table per benchmark and spec hash."""
-    from udabench.results import tables
-    from udabench.results.aggregate import build_boards
-    from udabench.results.compare import no_runs_message
+def leaderboard_cmd(selectors: tuple[str, ...], benchmark: str | None, methods: tuple[str, ...],
+                    configs: tuple[str, ...], per_class: bool, columns: str | None, fmt_: str,
+                    output_dir: Path | None, config_file: Path | None) -> None:
+    """Mean +- std over seeds per method and config, one table per benchmark and spec hash.
 
-    records, store = _records(output_dir, config_file, benchmark)
-    if not records:
-        console.print(Text(no_runs_message(store, benchmark)), soft_wrap=True)
-        return
+    SELECT: method names, run names, config hash prefixes, run ids or run directories (default: all).
+    """
+    from udabench.results import tables
+    from udabench.results.aggregate import build_boards, reported_benchmarks, reported_board
+    from udabench.results.columns import parse_columns
+    from udabench.results.view import no_runs_message
+
+    chosen_columns = parse_columns(columns)
+    view = open_store(output_dir, config_file, benchmark)
+    records = _leaderboard_records(view, selectors, methods, configs, benchmark)
     boards, warnings = build_boards(records)
-    _note_foreign_specs(boards)
+    _note_foreign_specs(boards, view.store)
+    filtered = bool(selectors or methods or configs)
+    if not records:
+        notify(no_runs_message(view.store, benchmark) if not filtered else "no finished runs match these filters")
+        if not filtered:  # the published numbers are worth showing on their own
+            wanted = [benchmark] if benchmark else reported_benchmarks()
+            boards = [b for b in map(reported_board, wanted) if b is not None]
     if fmt_ == "rich":
-        tables.render_rich(boards, warnings, console, per_class)
+        tables.render_rich(boards, warnings, console, per_class, chosen_columns)
     elif fmt_ == "markdown":
-        click.echo(tables.to_markdown(boards, warnings, per_class))
+        click.echo(tables.to_markdown(boards, warnings, per_class, chosen_columns))
     elif fmt_ == "latex":
-        click.echo(tables.to_latex(boards, warnings, per_class))
+        click.echo(tables.to_latex(boards, warnings, per_class, chosen_columns))
     elif fmt_ == "csv":
         for w in warnings:
-            click.echo(f"warning: {w}", err=True)
-        click.echo(tables.to_csv(boards, per_class), nl=False)
+            notify(f"warning: {w}")
+        click.echo(tables.to_csv(boards, per_class, chosen_columns), nl=False)
     else:
-        click.echo(tables.to_json(boards, warnings, per_class))
+        click.echo(tables.to_json(boards, warnings, per_class, chosen_columns))
+
+
+# --- compare ------------------------------------------------------------------------------------
 
 
 def _signed(value: float) -> Text:
     if value != value:  # NaN
         return Text("-")
     return Text(f"{value:+.1f}", style="green" if value > 0 else "red" if value < 0 else "")
+
+
+def _describe(key: str, side: Any) -> Text:
+    what = f"run {side.records[0]['run_id']}" if side.by == "run" else \
+        f"config {side.config_hash[:8]}"
+    uda = "" if all(r.get("uda", True) for r in side.records) else " (uses target labels: not UDA)"
+    name = f", name {side.name}" if side.name else ""
+    return Text(f"{key} = {side.label}: {side.method}{uda}, {what}{name}, seed(s) {','.join(map(str, side.seeds))}")
+
+
+def resolve_sides(tokens: tuple[str, ...], benchmark: str | None, output_dir: Path | None,
+                  config_file: Path | None) -> list[Any]:
+    """The sides (udabench.results.select.Side) that words on the command line name."""
+    from udabench.results.select import resolve
+    from udabench.results.view import StoreView, no_runs_message
+
+    if all(Path(t).is_dir() for t in tokens):  # directories alone need no store
+        view = StoreView(Path(), Path(), [])
+    else:
+        view = open_store(output_dir, config_file, benchmark)
+        if not view.records and not view.gone:
+            raise UserError(no_runs_message(view.store, benchmark))
+    sides = [resolve(tokens[0], view, benchmark)]
+    for token in tokens[1:]:
+        sides.append(resolve(token, view, benchmark or sides[0].benchmark, like=sides[0]))
+    return sides
 
 
 @click.command("compare")
@@ -179,23 +311,12 @@ def compare_cmd(a: str, b: str, benchmark: str | None, resamples: int, seed: int
     difference with a 95% bootstrap confidence interval."""
     from udabench.report import fmt
     from udabench.results.aggregate import build_boards
-    from udabench.results.compare import compare, no_runs_message, resolve
+    from udabench.results.compare import compare
 
-    records, store = _records(output_dir, config_file, benchmark)
-    paths = [t for t in (a, b) if Path(t).is_dir()]
-    if not records and not paths:
-        raise UserError(no_runs_message(store, benchmark))
-    side_a = resolve(a, records, benchmark)
-    side_b = resolve(b, records, benchmark or side_a.benchmark, side_a.spec_hash)
+    side_a, side_b = resolve_sides((a, b), benchmark, output_dir, config_file)
     result = compare(side_a, side_b, resamples, seed)
     boards, _ = build_boards(side_a.records + side_b.records, with_reported=False)
     caption = boards[0].caption() if boards else ""
-
-    def describe(key: str, side) -> Text:
-        what = "latest config" if side.by == "method" else "run"
-        uda = "" if all(r.get("uda", True) for r in side.records) else " (uses target labels: not UDA)"
-        return Text(f"{key} = {side.label}: {side.method}{uda}, {what} {side.config_hash[:8]}, "
-                    f"seed(s) {','.join(map(str, side.seeds))}")
 
     def header(key: str, label: str) -> str:  # long run ids would widen the table past the terminal
         return f"{key}: {label}" if len(label) <= 14 else key
@@ -215,8 +336,8 @@ def compare_cmd(a: str, b: str, benchmark: str | None, resamples: int, seed: int
         r = result.bootstrap[s]
         table.add_row(Text(f"mIoU{s}", style="bold"), fmt(va), fmt(vb), _signed(va - vb),
                       f"[{r.low:.1f}, {r.high:.1f}]")
-    console.print(describe("A", side_a), soft_wrap=True)
-    console.print(describe("B", side_b), soft_wrap=True)
+    console.print(_describe("A", side_a), soft_wrap=True)
+    console.print(_describe("B", side_b), soft_wrap=True)
     console.print(table)
     if result.seeds is not None:
         s = result.seeds

@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from udabench.errors import UserError
-from udabench.taxonomy import CONVENTION_B_IGNORED, SUBSETS
+from udabench.results.matrices import class_iou
+from udabench.taxonomy import SUBSETS
 
 _CHUNK = 256  # resamples per matrix product: bounds memory at chunk x C*C float64
 
@@ -62,14 +63,7 @@ def miou_of(mats: np.ndarray, subset: str = "19", convention: str = "A") -> np.n
     """mIoU in [0, 1] of each matrix in ``mats`` [..., C, C], as ``metrics.score_matrix`` scores it:
     NaN IoU (zero union) skipped; subsets other than 19 under convention B drop the ground-truth
     rows of terrain/truck/train."""
-    m = np.asarray(mats, dtype=np.float64)
-    if subset != "19" and convention == "B":
-        m = m.copy()
-        m[..., list(CONVENTION_B_IGNORED), :] = 0
-    tp = np.diagonal(m, axis1=-2, axis2=-1)
-    union = m.sum(-1) + m.sum(-2) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+    iou = class_iou(mats, convention if subset != "19" else "A")
     picked = iou[..., list(SUBSETS[subset])]
     valid = ~np.isnan(picked)
     count = valid.sum(-1)

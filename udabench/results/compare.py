@@ -1,102 +1,25 @@
-"""``udabench compare A B``: which runs A and B name, and how sure we are that one is better."""
+"""``udabench compare A B``: how sure we are that one configuration (or run) is better than another.
+
+Which runs A and B name is ``udabench.results.select``'s job; this module checks that both sides
+were scored the same way (benchmark, spec hash, validation set, convention) and measures.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from udabench.errors import DataError, UserError
+from udabench.errors import UserError
 from udabench.results.bootstrap import BootstrapResult, SeedInterval, paired_bootstrap, seed_interval
-from udabench.results.store import HOW_TO_RUN, _read_result
-from udabench.taxonomy import CLASS_NAMES
-
-
-@dataclass
-class Side:
-    """One side of a comparison: the runs (one per seed) of one configuration, or a single run."""
-
-    label: str
-    method: str
-    benchmark: str
-    spec_hash: str
-    config_hash: str
-    records: list[dict[str, Any]]
-    by: str  # "method" (latest config of a method) or "run"
-
-    @property
-    def seeds(self) -> list[int]:
-        return [int(r["seed"]) for r in self.records]
-
-
-def _by_path(token: str, records: list[dict[str, Any]]) -> Side | None:
-    path = Path(token)
-    if not path.is_dir():
-        return None
-    resolved = str(path.resolve())
-    record = next((r for r in records if r["run_dir"] == resolved), None)
-    if record is None:  # a run directory outside the store: read it directly
-        record = {**_read_result(path.resolve()), "run_dir": resolved}
-    return _single(record)
-
-
-def _single(record: dict[str, Any]) -> Side:
-    return Side(str(record["run_id"]), record["method"], record["benchmark"], record["spec_hash"],
-                record["config_hash"], [record], "run")
-
-
-def resolve(token: str, records: list[dict[str, Any]], benchmark: str | None,
-            spec_hash: str | None = None) -> Side:
-    """A method name (its most recently finished config on the benchmark, every seed of it; under
-    ``spec_hash`` when the method has runs there), a run id, or a run directory."""
-    side = _by_path(token, records)
-    if side is not None:
-        return side
-    by_id = [r for r in records if r["run_id"] == token]
-    if len(by_id) == 1:
-        return _single(by_id[0])
-    if len(by_id) > 1:
-        dirs = ", ".join(r["run_dir"] for r in by_id)
-        raise UserError(f"run id '{token}' names {len(by_id)} runs ({dirs}); pass the run directory instead")
-    scope = [r for r in records if benchmark is None or r["benchmark"] == benchmark]
-    mine = [r for r in scope if r["method"] == token]
-    if not mine:
-        where = f" on {benchmark}" if benchmark else ""
-        known = sorted({r["method"] for r in scope})
-        raise UserError(f"unknown method or run '{token}'; methods with finished runs{where}: "
-                        f"{', '.join(known) or 'none'} (or give a run id / run directory)")
-    benches = sorted({r["benchmark"] for r in mine})
-    if len(benches) > 1:
-        raise UserError(f"method '{token}' has runs on {len(benches)} benchmarks ({', '.join(benches)}); "
-                        "choose one with --benchmark")
-    same_spec = [r for r in mine if r["spec_hash"] == spec_hash]
-    mine = same_spec or mine
-    latest = max(mine, key=lambda r: (str(r.get("finished", "")), str(r["run_id"])))
-    group = [r for r in mine if r["config_hash"] == latest["config_hash"] and r["spec_hash"] == latest["spec_hash"]]
-    group.sort(key=lambda r: int(r["seed"]))
-    return Side(token, token, latest["benchmark"], latest["spec_hash"], latest["config_hash"], group, "method")
-
-
-def load_per_image(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids sorted, matrices [N, C, C] in that order) of one run."""
-    path = Path(record["run_dir"]) / "per_image.npz"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            ids, mats = np.asarray(data["ids"]).astype(str), np.asarray(data["matrices"])
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist; compare needs the per-image matrices `udabench run` writes") from None
-    except (KeyError, ValueError, OSError) as exc:
-        raise DataError(f"{path} is not a per-image matrix file with 'ids' and 'matrices' ({exc})") from None
-    if mats.ndim != 3 or len(ids) != len(mats):
-        raise DataError(f"{path}: expected ids [N] and matrices [N, C, C], got {ids.shape} and {mats.shape}")
-    order = np.argsort(ids, kind="stable")
-    return ids[order], mats[order]
+from udabench.results.matrices import headline_ious, load_per_image
+from udabench.results.select import Side
+from udabench.taxonomy import CLASS_NAMES, SUBSETS
 
 
 def _aligned(a: Side, b: Side) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-    loaded = [(r, *load_per_image(r)) for r in a.records + b.records]
+    loaded = [(r, *load_per_image(r["run_dir"])) for r in a.records + b.records]
     ref_rec, ref_ids, _ = loaded[0]
     for rec, ids, _ in loaded[1:]:
         if not np.array_equal(ids, ref_ids):
@@ -119,7 +42,7 @@ class Comparison:
     b: Side
     subsets: list[str]
     convention: str
-    per_class: list[tuple[str, float, float]]  # class, mean IoU of A, of B (over seeds)
+    per_class: list[tuple[str, float, float]]  # class, mean IoU of A, of B (over seeds), headline classes
     miou: dict[str, tuple[float, float]]  # subset -> mean mIoU of A, of B (from the records)
     bootstrap: dict[str, BootstrapResult]  # subset -> interval over images
     seeds: SeedInterval | None
@@ -141,10 +64,19 @@ class Comparison:
                 f"{pct} CI [{r.low:.1f}, {r.high:.1f}] includes 0)")
 
 
+def _class_means(records: list[dict[str, Any]], classes: list[str]) -> list[float]:
+    """Mean over seeds of the per-class IoUs each record's headline averages (NaN: unknown)."""
+    ious = [headline_ious(r) or {} for r in records]
+    return [_mean([i.get(n, math.nan) for i in ious]) for n in classes]
+
+
 def compare(a: Side, b: Side, resamples: int = 1000, seed: int = 0) -> Comparison:
     if (a.benchmark, a.spec_hash) != (b.benchmark, b.spec_hash):
         raise UserError(f"{a.label} is on {a.benchmark} (spec {a.spec_hash}) but {b.label} on {b.benchmark} "
                         f"(spec {b.spec_hash}); compare needs the same benchmark and protocol")
+    if a.val_set != b.val_set:
+        raise UserError(f"{a.label} was scored on validation set {a.val_set} but {b.label} on {b.val_set}; "
+                        "compare needs the same validation images")
     subsets = [str(s) for s in a.records[0]["subsets"]]
     convention = str(a.records[0].get("convention", "A"))
     conv_b = {str(r.get("convention", "A")) for r in b.records}
@@ -153,8 +85,8 @@ def compare(a: Side, b: Side, resamples: int = 1000, seed: int = 0) -> Compariso
                         f"{', '.join(sorted(conv_b))}; compare needs one convention")
     mats_a, mats_b, n_images = _aligned(a, b)
     boot = {s: paired_bootstrap(mats_a, mats_b, s, convention, resamples, seed) for s in subsets}
-    per_class = [(n, _mean([r["iou"].get(n, math.nan) for r in a.records]),
-                  _mean([r["iou"].get(n, math.nan) for r in b.records])) for n in CLASS_NAMES]
+    classes = [CLASS_NAMES[i] for i in SUBSETS[subsets[0]]]
+    per_class = list(zip(classes, _class_means(a.records, classes), _class_means(b.records, classes)))
     miou = {s: (_mean([r["miou"].get(s, math.nan) for r in a.records]),
                 _mean([r["miou"].get(s, math.nan) for r in b.records])) for s in subsets}
     notes = [f"interval over the {n_images} validation images ({resamples} paired bootstrap resamples, "
@@ -167,9 +99,3 @@ def compare(a: Side, b: Side, resamples: int = 1000, seed: int = 0) -> Compariso
         notes.append("one seed on a side: seed-to-seed spread (about 1 mIoU) is not covered; "
                      "train more seeds (udabench run METHOD --seeds 0-2) for a seed-level interval")
     return Comparison(a, b, subsets, convention, per_class, miou, boot, seeds, notes)
-
-
-def no_runs_message(store: Path, benchmark: str | None = None) -> str:
-    where = f" for benchmark {benchmark}" if benchmark else ""
-    example = f"udabench run source-only --benchmark {benchmark}" if benchmark else HOW_TO_RUN
-    return f"no finished runs{where} in the run store {store}; make one with: {example}"
