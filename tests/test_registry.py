@@ -53,3 +53,35 @@ def test_loaders_run_once_lazily():
     reg.names()
     reg.names()
     assert calls == [1]
+
+
+def test_the_registry_imports_none_of_its_users():
+    """Built-ins come in through the same entry-point groups as plug-ins (pyproject.toml)."""
+    import ast
+    from pathlib import Path
+
+    import udabench.registry as registry
+
+    tree = ast.parse(Path(registry.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m and m.startswith("udabench")} == {"udabench.errors"}
+    assert "import_module" not in Path(registry.__file__).read_text()
+
+
+def test_builtins_are_declared_as_entry_points():
+    from importlib import metadata
+
+    from udabench.registry import BENCHMARKS, METHODS, MODELS
+
+    for group, registry, some in (("udabench.methods", METHODS, "clst"),
+                                  ("udabench.models", MODELS, "resnet101"),
+                                  ("udabench.benchmarks", BENCHMARKS, "gta2cs")):
+        assert any(ep.value.startswith("udabench.") for ep in metadata.entry_points(group=group))
+        assert registry.group == group and some in registry
+
+
+def test_an_empty_group_says_udabench_is_not_installed():
+    reg = Registry("gizmo", group="udabench.no-such-group")
+    with pytest.raises(UserError, match="no built-in gizmos are registered.*pip install -e"):
+        reg.names()

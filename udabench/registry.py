@@ -1,14 +1,17 @@
-"""Registries by decorator (in the style of timm): methods, models and benchmarks.
+"""Registries by decorator (in the style of timm): methods, backbones, heads, benchmarks.
 
-Third-party methods plug in through the entry-point group ``udabench.methods``; each entry point
-names a module (or object) whose import registers its methods with ``@register_method``.
+The registry never imports the modules that register into it. Each registry reads an entry-point
+group (``udabench.methods``, ``udabench.models``, ``udabench.benchmarks``, ...); udabench's own
+modules are declared there in pyproject.toml exactly like third-party plug-ins, so loading the
+built-ins and loading a plug-in are the same code path. An entry point names a module (or object)
+whose import registers its entries with the decorator.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
 from dataclasses import dataclass
-from importlib import import_module, metadata
+from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from udabench.errors import UserError
@@ -32,8 +35,10 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """A name -> object table filled by a decorator; lookups fail with the known names."""
 
-    def __init__(self, kind: str, loaders: tuple[Callable[[], None], ...] = ()):
+    def __init__(self, kind: str, loaders: tuple[Callable[[], None], ...] = (),
+                 group: str | None = None):
         self.kind = kind
+        self.group = group  # entry-point group whose modules register into this registry
         self._entries: dict[str, Entry[T]] = {}
         self._loaders = loaders
         self._loaded = False
@@ -49,10 +54,12 @@ class Registry(Generic[T]):
         return decorator
 
     def _load(self) -> None:
-        # Importing the built-in modules (and plug-ins) fills the table; done lazily so that
-        # importing udabench stays cheap and free of cycles.
+        # Importing the entry points' modules fills the table; done lazily so that importing
+        # udabench stays cheap and free of cycles.
         if not self._loaded:
             self._loaded = True
+            if self.group is not None:
+                load_entry_points(self.group, self.kind)
             for loader in self._loaders:
                 loader()
 
@@ -80,30 +87,30 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-def _load_builtin_methods() -> None:
-    import_module("udabench.methods")
-
-
-def _load_plugin_methods() -> None:
-    for ep in metadata.entry_points(group="udabench.methods"):
+def load_entry_points(group: str, kind: str) -> None:
+    """Import every module of an entry-point group. udabench's own modules failing is a bug and
+    raises as is; a broken plug-in is one UserError naming it."""
+    points = list(metadata.entry_points(group=group))
+    if not any(ep.value.split(":")[0].startswith("udabench.") for ep in points):
+        raise UserError(f"no built-in {kind}s are registered (entry-point group '{group}' is empty): "
+                        "udabench is not installed; run pip install -e . in its folder")
+    for ep in points:
+        if ep.value.split(":")[0].startswith("udabench."):
+            ep.load()
+            continue
         try:
             ep.load()
         except Exception as exc:  # a broken plug-in must not take the built-ins down
-            raise UserError(f"method plug-in '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+            raise UserError(f"{kind} plug-in '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
 
 
-def _load_models() -> None:
-    import_module("udabench.models")
-
-
-def _load_benchmarks() -> None:
-    import_module("udabench.benchmarks")
-
-
-METHODS: Registry[Any] = Registry("method", (_load_builtin_methods, _load_plugin_methods))
-MODELS: Registry[Any] = Registry("model", (_load_models,))
-BENCHMARKS: Registry[Any] = Registry("benchmark", (_load_benchmarks,))
+METHODS: Registry[Any] = Registry("method", group="udabench.methods")
+MODELS: Registry[Any] = Registry("backbone", group="udabench.models")
+HEADS: Registry[Any] = Registry("head", group="udabench.models")
+BENCHMARKS: Registry[Any] = Registry("benchmark", group="udabench.benchmarks")
 
 register_method = METHODS.register
 register_model = MODELS.register
+register_backbone = MODELS.register
+register_head = HEADS.register
 register_benchmark = BENCHMARKS.register
