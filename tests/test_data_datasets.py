@@ -154,12 +154,21 @@ def test_label_values_out_of_range(tiny_gta5, tiny_synthia, copy_tree, png):
     png.palette(root / "labels" / "00006.png", ids)
     with pytest.raises(DataError, match=r"00006.png holds values \[40\] outside 0..33"):
         gta5(root, manifest=None)[5]
+
+
+@pytest.mark.parametrize("unknown", [23, 24, 255, 300, 1000, 65535])
+def test_synthia_ids_outside_the_table_map_to_ignore(tiny_synthia, copy_tree, png, unknown):
+    """The protocol maps SYNTHIA ids outside its table (0..22) to ignore instead of failing."""
     syn = copy_tree(tiny_synthia)
-    red = np.full((32, 64, 3), 3, np.uint16)
-    red[0, 0, 0] = 300
+    red = np.full((32, 64, 3), 3, np.uint16)  # road everywhere ...
+    red[:4, :8, 0] = unknown  # ... except one block of an id the table does not know
+    red[5, 5, 0] = 22  # lane marking: in the table, ignored
     png.rgb16(syn / "GT" / "LABELS" / "0000002.png", red)
-    with pytest.raises(DataError, match=r"0000002.png holds values \[300\] outside 0..22"):
-        synthia(syn, manifest=None)[2]
+    label = synthia(syn, manifest=None)[2]["label"]
+    expected = np.zeros((32, 64), np.uint8)
+    expected[:4, :8] = 255
+    expected[5, 5] = 255
+    assert np.array_equal(label.numpy(), expected)
 
 
 def test_unknown_kind_and_split(tiny_cityscapes):

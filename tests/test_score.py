@@ -189,17 +189,49 @@ def test_wrong_size_and_unreadable_predictions_are_listed(case, png):
     assert "1 unreadable PNGs" in msg and c in msg
 
 
-def test_trainid_255_is_an_error_saying_every_pixel_needs_a_class(tmp_path):
-    gts, _ = random_case(n=3, hw=(8, 16))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_class_in_every_encoding_scores_like_the_official_void(tmp_path, seed):
+    """255 in trainIds, a void labelId (0) or 255 in labelIds, and black in colour all mean "no
+    class": a false negative of the true class and a false positive of nobody, as the official
+    evaluator scores labelId 0. All give the official evaluator's IoUs."""
+    rng = np.random.default_rng(seed)
+    gts, train = {}, {}
+    for s in stems(4):
+        gts[s] = rng.choice(np.arange(34), (12, 20)).astype(np.uint8)
+        t = rng.integers(0, 19, (12, 20)).astype(np.uint8)
+        t[rng.random((12, 20)) < 0.3] = 255  # no class on 30% of the pixels
+        train[s] = t
+    gt_files = write_gt(tmp_path / "cs", gts)
+    write_preds(tmp_path / "t", train)
+    label_files = write_preds(tmp_path / "l", {s: TRAIN_ID_TO_LABEL_ID[p] for s, p in train.items()})
+    write_preds(tmp_path / "l255", {s: np.where(p == 255, 255, TRAIN_ID_TO_LABEL_ID[p])
+                                    for s, p in train.items()})
+    write_preds(tmp_path / "c", {s: PALETTE[p] for s, p in train.items()})  # 255 -> black
+    assert TRAIN_ID_TO_LABEL_ID[255] == 0 and tuple(PALETTE[255]) == (0, 0, 0)
+    runs = [score_predictions(tmp_path / "t", tmp_path / "cs", "trainid"),
+            score_predictions(tmp_path / "l", tmp_path / "cs", "labelid"),
+            score_predictions(tmp_path / "l255", tmp_path / "cs", "labelid"),
+            score_predictions(tmp_path / "c", tmp_path / "cs", "color")]
+    void = sum(int(((p == 255) & (LABEL_ID_TO_TRAIN_ID[gts[s]] != 255)).sum())
+               for s, p in train.items())
+    assert runs[0].matrix[:, 19].sum() == void > 0  # void predictions on evaluated pixels
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.matrix, runs[0].matrix)
+    official = official_class_iou(label_files, gt_files)
+    for name in CLASS_NAMES:
+        ours, theirs = runs[0].score.iou[name], official[name]
+        assert (math.isnan(ours) and math.isnan(theirs)) or ours == pytest.approx(theirs, abs=1e-12)
+    # Dropping the void column (255 = ignored) would be another, wrong, number.
+    naive = score_matrix(runs[0].matrix[:19, :19]).iou
+    assert any(abs(naive[n] - official[n]) > 1e-6 for n in CLASS_NAMES if not math.isnan(naive[n]))
+
+
+def test_255_among_train_ids_is_ambiguous_for_auto(tmp_path):
+    gts, _ = random_case(n=2, hw=(8, 16))
     write_gt(tmp_path / "cs", gts)
-    preds = {s: np.full((8, 16), 3, np.uint8) for s in gts}
-    first = next(iter(gts))
-    preds[first][0, 0] = 255
-    write_preds(tmp_path / "pred", preds)
-    for encoding in ("trainid", "auto"):  # auto: values 0..18 plus 255 -> trainIds
-        msg = _error(tmp_path, encoding)
-        assert "prediction contains 255 (ignore); every pixel needs a class" in msg
-        assert f"{first}_leftImg8bit.png (values 255)" in msg and "1 predictions" in msg
+    write_preds(tmp_path / "pred", {s: np.where(np.eye(8, 16) > 0, 255, 3).astype(np.uint8)
+                                    for s in gts})
+    assert "--encoding trainid" in _error(tmp_path, "auto", UserError)
 
 
 def test_values_outside_each_encoding(case):
@@ -248,7 +280,8 @@ def test_ground_truth_outside_the_labelids_is_a_data_error(case):
     broken = gts[s].copy()
     broken[0, 0] = 50
     write_gt(tmp_path / "cs", {s: broken})
-    assert f"ground truth {find_ground_truth(tmp_path / 'cs')[s]} holds labelId 50" in _error(tmp_path)
+    msg = _error(tmp_path)
+    assert f"{find_ground_truth(tmp_path / 'cs')[s]} holds values [50] outside 0..33" in msg
 
 
 # --- the command ----------------------------------------------------------------------------

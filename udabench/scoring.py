@@ -1,19 +1,24 @@
-"""Score prediction PNGs made anywhere against the Cityscapes val ground truth (``udabench score``).
+"""Score prediction PNGs made anywhere against a target dataset's ground truth (``udabench score``).
 
-Predictions are matched to ground truth by the Cityscapes stem ``<city>_<seq>_<frame>``, in a flat
-folder or a mirrored tree, whatever the suffix. Each pair is reduced, in parallel, to a count table
-``[20, 256]``: ground-truth trainId (row 19 = ignored) x raw prediction value (for colour PNGs, the
-trainId of the colour, 255 when it is not in the palette). The encoding is resolved on these tables
-after one pass, so auto-detection sees every file without decoding twice.
+The target dataset's descriptor (``udabench.data.registry``) lists the ground-truth files of a split
+and decodes them; nothing here names a dataset. Predictions are matched to ground truth by image
+id (the file name is ``<id>.png`` or ``<id>`` followed by ``_``, ``-`` or ``.`` and anything, e.g.
+Cityscapes' ``<city>_<seq>_<frame>_leftImg8bit.png``), in a flat folder or a mirrored tree. Each
+pair is reduced, in parallel, to a count table ``[20, 256]``: ground-truth trainId (row 19 =
+ignored) x raw prediction value (for colour PNGs, the trainId of the colour, 19 for black, 255 when
+it is not in the palette). The encoding is resolved on these tables after one pass, so
+auto-detection sees every file without decoding twice.
 
-Encodings (``auto`` picks one only when unambiguous):
-- ``trainid``: 1 channel, values 0..18. 255 is an error (every pixel needs a class).
-- ``labelid``: 1 channel, Cityscapes labelIds 0..33 (what the official evaluator takes). A labelId
-  outside the 19 evaluated ones is scored like cityscapesscripts does: a false negative for the
-  ground-truth class and a false positive for nobody. It goes to an extra "void" column 19.
-- ``color``: RGB in the official palette of the 19 classes; any other colour is an error.
-Auto: RGB -> color; 1 channel with some value 19..33 (and none above) -> labelid; 1 channel with
-every value <= 18 is valid in both encodings -> error asking for ``--encoding``.
+Encodings (``auto`` picks one only when unambiguous). Each has a spelling for "no class", scored
+as the official Cityscapes evaluator scores a void labelId: a false negative of the true class and
+a false positive of nobody (an extra "void" prediction column 19):
+- ``trainid``: 1 channel, values 0..18; 255 = no class.
+- ``labelid``: 1 channel, the dataset's own label ids (Cityscapes labelIds 0..33, what the official
+  evaluator takes); ids outside the 19 evaluated classes (0 = unlabeled...) and 255 = no class.
+- ``color``: RGB in the official palette of the 19 classes; black = no class; any other colour is
+  an error.
+Auto: RGB -> color; 1 channel with some value 19..max id -> labelid; 1 channel with every value in
+0..18 or 255 is valid in both encodings -> error asking for ``--encoding``.
 """
 from __future__ import annotations
 
@@ -28,45 +33,51 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from udabench.data import layouts
+from udabench.data.layouts import shown
 from udabench.data.pngio import read_png
+from udabench.data.registry import get_dataset
+from udabench.data.spec import DatasetSpec
 from udabench.errors import DataError, UserError
 from udabench.metrics import Score, apply_convention, iou_from_matrix, nanmean
-from udabench.taxonomy import CLASS_NAMES, CLASSES, IGNORE, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, SUBSETS
+from udabench.taxonomy import CLASS_NAMES, CLASSES, IGNORE, NUM_CLASSES, SUBSETS
 from udabench.engine.devices import torch_threads
 
 ENCODINGS = ("trainid", "labelid", "color")
-VOID = NUM_CLASSES  # prediction column of labelIds outside the 19 evaluated classes
-MAX_LABEL_ID = 33  # the largest Cityscapes labelId (cityscapesscripts' matrix is 34 wide)
-GT_SUFFIX = "_gtFine_labelIds.png"
+VOID = NUM_CLASSES  # prediction column of "no class" (void labelIds, trainId 255, black)
 SHOW = 10  # files named in one error message
+DEFAULT_TARGET = "cityscapes"
 
 _STEM = re.compile(r"^(.+?_\d+_\d+)(?=$|[._-])")
-# Ground-truth labelId -> count-table row: trainId, or 19 for every ignored labelId.
-_GT_ROW = torch.from_numpy(np.where(LABEL_ID_TO_TRAIN_ID == IGNORE, NUM_CLASSES,
-                                    LABEL_ID_TO_TRAIN_ID).astype(np.int64))
+_SEPARATORS = "._-"
 _COLOUR_LUT: torch.Tensor | None = None
 
 
 def _colour_lut() -> torch.Tensor:
-    """24-bit colour -> trainId (255 elsewhere): one gather per image instead of 19 compares."""
+    """24-bit colour -> trainId, VOID for black, 255 elsewhere: one gather per image."""
     global _COLOUR_LUT
     if _COLOUR_LUT is None:
         lut = torch.full((1 << 24,), IGNORE, dtype=torch.uint8)
+        lut[0] = VOID  # black: the colour of the void labelIds (and of udabench's ignore)
         for c in CLASSES:
             lut[(c.color[0] << 16) | (c.color[1] << 8) | c.color[2]] = c.train_id
         _COLOUR_LUT = lut
     return _COLOUR_LUT
 
 
-def column_map(encoding: str) -> np.ndarray:
+def column_map(encoding: str, kind: str | DatasetSpec = DEFAULT_TARGET) -> np.ndarray:
     """Raw prediction value (0..255) -> column 0..18, VOID, or -1 (outside the encoding)."""
     cols = np.full(256, -1, dtype=np.int64)
-    if encoding in ("trainid", "color"):
+    if encoding == "trainid":
         cols[:NUM_CLASSES] = np.arange(NUM_CLASSES)
+        cols[IGNORE] = VOID
+    elif encoding == "color":
+        cols[: NUM_CLASSES + 1] = np.arange(NUM_CLASSES + 1)  # the colour table's codes
     elif encoding == "labelid":
-        lut = LABEL_ID_TO_TRAIN_ID[: MAX_LABEL_ID + 1].astype(np.int64)
-        cols[: MAX_LABEL_ID + 1] = np.where(lut == IGNORE, VOID, lut)
+        spec = get_dataset(kind)
+        top = min(spec.max_label_value, 255)
+        lut = spec.lut[: top + 1].astype(np.int64)
+        cols[: top + 1] = np.where(lut == IGNORE, VOID, lut)
+        cols[IGNORE] = VOID
     else:
         raise UserError(f"unknown encoding '{encoding}'; expected auto, {', '.join(ENCODINGS)}")
     return cols
@@ -74,22 +85,16 @@ def column_map(encoding: str) -> np.ndarray:
 
 def listing(paths: Iterable[object], total: int | None = None) -> str:
     """'a, b, ... (N in all)' naming at most SHOW items."""
-    items = [str(p) for p in paths]
+    items = [shown(p) for p in paths]
     total = len(items) if total is None else total
     more = f", ... ({total} in all)" if total > SHOW else f" ({total} in all)"
     return ", ".join(items[:SHOW]) + more
 
 
-def find_ground_truth(target_root: Path, split: str = "val") -> dict[str, Path]:
-    """Cityscapes stem -> gtFine/<split>/<city>/<stem>_gtFine_labelIds.png below target_root."""
-    target_root = Path(target_root)
-    layouts.check_root("cityscapes", target_root)
-    folder = target_root / "gtFine" / split
-    found = {p.name[: -len(GT_SUFFIX)]: p for p in sorted(folder.glob(f"*/*{GT_SUFFIX}"))}
-    if not found:
-        raise DataError(f"no ground truth *{GT_SUFFIX} under {folder}; "
-                        f"{layouts.where_to_get('cityscapes', target_root)}")
-    return found
+def find_ground_truth(target_root: Path, split: str = "val",
+                      kind: str | DatasetSpec = DEFAULT_TARGET) -> dict[str, Path]:
+    """image id -> ground-truth label file of ``split`` of the target dataset ``kind``."""
+    return get_dataset(kind).ground_truth(Path(target_root), split)
 
 
 def stem_of(name: str) -> str | None:
@@ -98,40 +103,58 @@ def stem_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def match_id(name: str, ids: "set[str] | dict[str, object]") -> str | None:
+    """The id a file name belongs to: ``<id>.png`` or ``<id>`` + one of ``._-`` + anything; the
+    longest such id wins (``a_b_pred.png`` is ``a_b`` when both ``a`` and ``a_b`` exist)."""
+    base = name[:-4] if name.lower().endswith(".png") else name
+    if base in ids:
+        return base
+    for cut in range(len(base) - 1, 0, -1):
+        if base[cut] in _SEPARATORS and base[:cut] in ids:
+            return base[:cut]
+    return None
+
+
 def match_predictions(pred_dir: Path, gt: dict[str, Path]) -> dict[str, Path]:
-    """stem -> prediction file for every ground-truth stem; ONE DataError for any mismatch."""
+    """id -> prediction file for every ground-truth id; ONE DataError for any mismatch."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise UserError(f"prediction folder {pred_dir} does not exist")
-    by_stem: dict[str, list[Path]] = {}
+    by_id: dict[str, list[Path]] = {}
     extra: list[Path] = []
+    unusable: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(pred_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue  # .DS_Store and friends
             path = Path(dirpath) / name
-            stem = stem_of(name) if name.lower().endswith(".png") else None
-            if stem is None or stem not in gt:
+            image_id = match_id(name, gt) if name.lower().endswith(".png") else None
+            if image_id is None:
                 extra.append(path)
+            elif not os.path.isfile(path):  # a FIFO would hang the reader; a link may loop
+                unusable.append(path)
             else:
-                by_stem.setdefault(stem, []).append(path)
+                by_id.setdefault(image_id, []).append(path)
     problems = []
-    missing = [s for s in gt if s not in by_stem]
+    missing = [s for s in gt if s not in by_id]
+    if unusable:
+        problems.append(f"{len(unusable)} prediction files are not readable regular files (broken "
+                        f"or looping links, FIFOs): " + listing(unusable))
     if missing:
         problems.append(f"{len(missing)} validation images have no prediction: "
                         + listing(missing))
     if extra:
         problems.append(f"{len(extra)} files match no validation image (expected one PNG named "
-                        f"<city>_<seq>_<frame>[_suffix].png per image): " + listing(extra))
-    dupes = {s: p for s, p in by_stem.items() if len(p) > 1}
+                        f"<image id>[_suffix].png per image): " + listing(extra))
+    dupes = {s: p for s, p in by_id.items() if len(p) > 1}
     if dupes:
         problems.append(f"{len(dupes)} images have several predictions: "
                         + listing(" and ".join(map(str, p)) for p in dupes.values()))
     if problems:
-        raise DataError(f"predictions in {pred_dir} do not match the {len(gt)} validation images: "
-                        + "; ".join(problems))
-    return {s: by_stem[s][0] for s in gt}
+        raise DataError(f"predictions in {shown(pred_dir)} do not match the {len(gt)} validation "
+                        f"images: " + "; ".join(problems))
+    return {s: by_id[s][0] for s in gt}
 
 
 @dataclass
@@ -148,24 +171,24 @@ class PairCounts:
     bad_colour: tuple[int, int, int] | None = None  # first colour outside the palette, if any
 
 
-def count_pair(stem: str, pred_path: Path, gt_path: Path) -> PairCounts:
+def count_pair(stem: str, pred_path: Path, gt_path: Path,
+               kind: str | DatasetSpec = DEFAULT_TARGET) -> PairCounts:
     """Decode both PNGs and count (gt row, raw prediction value) pairs; problems are returned."""
     out = PairCounts(stem, pred_path, gt_path)
-    gt = read_png(gt_path)  # a broken ground truth is the dataset's fault: raise at once
-    if gt.shape[0] != 1 or gt.dtype != torch.uint8:
-        raise DataError(f"ground truth {gt_path} is not an 8-bit single-channel labelId PNG")
-    out.size = (int(gt.shape[1]), int(gt.shape[2]))
+    # A broken ground truth is the dataset's fault: its descriptor raises at once.
+    gt = get_dataset(kind).decode_label(gt_path)
+    out.size = (int(gt.shape[0]), int(gt.shape[1]))
     try:
         pred = read_png(pred_path)
     except DataError as exc:
-        out.problem = f"unreadable: {pred_path} ({exc})"
+        out.problem = f"unreadable: {shown(pred_path)} ({exc})"
         return out
     if pred.dtype != torch.uint8 or pred.shape[0] not in (1, 3):
         depth = "16-bit" if pred.dtype != torch.uint8 else f"{pred.shape[0]}-channel"
-        out.problem = f"format: {pred_path} ({depth}; expected 8-bit grey or RGB)"
+        out.problem = f"format: {shown(pred_path)} ({depth}; expected 8-bit grey or RGB)"
         return out
     if tuple(pred.shape[1:]) != out.size:
-        out.problem = (f"size: {pred_path} ({pred.shape[2]}x{pred.shape[1]}, ground truth "
+        out.problem = (f"size: {shown(pred_path)} ({pred.shape[2]}x{pred.shape[1]}, ground truth "
                        f"{out.size[1]}x{out.size[0]})")
         return out
     if pred.shape[0] == 3:
@@ -179,37 +202,38 @@ def count_pair(stem: str, pred_path: Path, gt_path: Path) -> PairCounts:
     else:
         out.kind = "gray"
         values = pred.reshape(-1)
-    # One bincount over labelId * 256 + value: the two uint8 planes interleaved and read as uint16
-    # (cheaper than integer arithmetic on 2M pixels); rows are then folded to trainIds.
+    # One bincount over trainId * 256 + value: the two uint8 planes interleaved and read as uint16
+    # (cheaper than integer arithmetic on 2M pixels). Ground-truth rows are 0..18 and 255.
     planes = (values.numpy(), gt.reshape(-1).numpy())
     idx = np.stack(planes if sys.byteorder == "little" else planes[::-1], -1).view(np.uint16)
     idx = torch.from_numpy(idx.reshape(-1)).to(torch.int32)
     raw = torch.bincount(idx, minlength=256 * 256).reshape(256, 256)
-    if int(raw[MAX_LABEL_ID + 1 :].sum()):
-        bad = int(torch.nonzero(raw[MAX_LABEL_ID + 1 :].sum(1))[0]) + MAX_LABEL_ID + 1
-        raise DataError(f"ground truth {gt_path} holds labelId {bad}; expected 0..{MAX_LABEL_ID}")
-    out.counts = torch.zeros(NUM_CLASSES + 1, 256, dtype=torch.int64).index_add_(
-        0, _GT_ROW, raw).numpy()
+    counts = torch.empty(NUM_CLASSES + 1, 256, dtype=torch.int64)
+    counts[:NUM_CLASSES] = raw[:NUM_CLASSES]
+    counts[NUM_CLASSES] = raw[IGNORE]
+    out.counts = counts.numpy()
     return out
 
 
-def resolve_encoding(pairs: list[PairCounts], requested: str = "auto") -> str:
+def resolve_encoding(pairs: list[PairCounts], requested: str = "auto",
+                     kind: str | DatasetSpec = DEFAULT_TARGET) -> str:
     """The encoding of the whole set (auto-detection rules in the module docstring)."""
     kinds = {p.kind for p in pairs}
+    top_id = get_dataset(kind).max_label_value
     if requested == "auto":
         if kinds == {"color"}:
             return "color"
         if kinds == {"gray"}:
             present = np.nonzero(sum(p.counts.sum(0) for p in pairs))[0]  # type: ignore[union-attr]
-            top = int(present.max()) if present.size else 0
-            if ((present >= NUM_CLASSES) & (present <= MAX_LABEL_ID)).any():
-                return "labelid"  # values above 33 are then reported as outside the labelIds
-            if top > MAX_LABEL_ID:
-                return "trainid"  # e.g. 255 (ignore) among trainIds: reported as such
+            if ((present >= NUM_CLASSES) & (present <= top_id)).any():
+                return "labelid"  # values above the ids are then reported as outside them
+            if ((present > top_id) & (present != IGNORE)).any():
+                return "trainid"  # outside both: reported against the trainIds
             raise UserError(
-                f"cannot tell the encoding of the predictions: every value is in 0..{top}, valid as "
-                f"trainIds and as labelIds; pass --encoding trainid (0..18, as the network predicts) "
-                f"or --encoding labelid (Cityscapes ids, as the official evaluator takes)")
+                f"cannot tell the encoding of the predictions: every value is in 0..18 or 255, "
+                f"valid as trainIds and as label ids; pass --encoding trainid (0..18, as the "
+                f"network predicts) or --encoding labelid (the dataset's ids, as the official "
+                f"evaluator takes)")
         rgb = [p.pred for p in pairs if p.kind == "color"]
         raise DataError(f"predictions mix RGB and single-channel PNGs ({len(rgb)} of {len(pairs)} "
                         f"are RGB: " + listing(rgb) + "); write them all in one encoding")
@@ -221,7 +245,7 @@ def resolve_encoding(pairs: list[PairCounts], requested: str = "auto") -> str:
         rgb = [p.pred for p in pairs if p.kind == "color"]
         raise DataError(f"--encoding {requested} expects single-channel PNGs; {len(rgb)} are RGB: "
                         + listing(rgb) + "; pass --encoding color for palette colours")
-    column_map(requested)  # rejects unknown names
+    column_map(requested, kind)  # rejects unknown names
     return requested
 
 
@@ -231,16 +255,18 @@ def _value_problem(p: PairCounts, encoding: str, cols: np.ndarray) -> str | None
     if not bad:
         return None
     if encoding == "color":
-        return f"{p.pred} (colour {p.bad_colour} is not one of the 19 classes)"
-    return f"{p.pred} (values {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})"
+        return f"{shown(p.pred)} (colour {p.bad_colour} is not one of the 19 classes or black)"
+    return (f"{shown(p.pred)} (values {', '.join(map(str, bad[:5]))}"
+            f"{', ...' if len(bad) > 5 else ''})")
 
 
-def _raise_values(bad: list[str], encoding: str, has_255: bool) -> None:
-    what = {"trainid": "trainIds 0..18", "labelid": f"labelIds 0..{MAX_LABEL_ID}",
-            "color": "the official colours of the 19 classes"}[encoding]
-    hint = " - prediction contains 255 (ignore); every pixel needs a class" if has_255 else ""
-    raise DataError(f"{len(bad)} predictions hold values outside {what} (encoding {encoding})"
-                    f"{hint}: " + listing(bad))
+def _raise_values(bad: list[str], encoding: str, kind: str | DatasetSpec) -> None:
+    spec = get_dataset(kind)
+    what = {"trainid": "trainIds 0..18 (and 255 = no class)",
+            "labelid": f"labelIds 0..{spec.max_label_value} of {spec.title} (and 255 = no class)",
+            "color": "the official colours of the 19 classes (and black = no class)"}[encoding]
+    raise DataError(f"{len(bad)} predictions hold values outside {what} (encoding {encoding}): "
+                    + listing(bad))
 
 
 @dataclass
@@ -293,7 +319,6 @@ def score_with_void(matrix: np.ndarray, subsets: tuple[str, ...] = ("19", "16", 
                  convention=convention, pixels=total)
 
 
-
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -301,19 +326,21 @@ def default_workers() -> int:
 def score_predictions(pred_dir: Path, gt: dict[str, Path] | Path, encoding: str = "auto",
                       subsets: tuple[str, ...] = ("19", "16", "13"), convention: str = "A",
                       workers: int | None = None,
-                      progress: Callable[[int], None] | None = None) -> ScoreResult:
+                      progress: Callable[[int], None] | None = None,
+                      kind: str | DatasetSpec = DEFAULT_TARGET) -> ScoreResult:
     """Match, decode (in ``workers`` threads) and score; ``progress(n)`` is called per image.
 
-    ``gt`` is a stem -> label map or a Cityscapes root (its gtFine/val is used).
+    ``gt`` is an id -> label map or the root of the target dataset ``kind`` (its val split is
+    used). Every prediction must have its ground truth's size.
     """
     if encoding != "auto":
-        column_map(encoding)
-    gt_map = gt if isinstance(gt, dict) else find_ground_truth(Path(gt))
+        column_map(encoding, kind)
+    gt_map = gt if isinstance(gt, dict) else find_ground_truth(Path(gt), "val", kind)
     preds = match_predictions(Path(pred_dir), gt_map)
     stems = list(gt_map)
 
     def job(stem: str) -> PairCounts:
-        result = count_pair(stem, preds[stem], gt_map[stem])
+        result = count_pair(stem, preds[stem], gt_map[stem], kind)
         if progress is not None:
             progress(1)
         return result
@@ -326,12 +353,11 @@ def score_predictions(pred_dir: Path, gt: dict[str, Path] | Path, encoding: str 
             with ThreadPoolExecutor(n) as pool:
                 pairs = list(pool.map(job, stems))
     _raise_file_problems(pairs)
-    enc = resolve_encoding(pairs, encoding)
-    cols = column_map(enc)
+    enc = resolve_encoding(pairs, encoding, kind)
+    cols = column_map(enc, kind)
     bad = [msg for p in pairs if (msg := _value_problem(p, enc, cols))]
     if bad:
-        has_255 = enc != "color" and any(p.counts[:, IGNORE].any() for p in pairs)  # type: ignore[index]
-        _raise_values(bad, enc, has_255)
+        _raise_values(bad, enc, kind)
     onehot = np.zeros((256, NUM_CLASSES + 1), dtype=np.int64)
     onehot[np.nonzero(cols >= 0)[0], cols[cols >= 0]] = 1
     per_image = []

@@ -60,6 +60,19 @@ SUBSETS: dict[str, tuple[int, ...]] = {
 # Classes whose ground truth convention B (CBST/ProDA line) ignores when scoring 16 classes.
 CONVENTION_B_IGNORED: tuple[int, ...] = tuple(TRAIN_ID_BY_NAME[n] for n in _NOT_IN_16)
 
+# Official colours of every Cityscapes labelId 0..33 (cityscapesscripts.helpers.labels): the GTA5
+# palette, and how `data verify` recognises a renumbered palette. labelIds 0..4 are black.
+LABEL_ID_COLORS: dict[int, tuple[int, int, int]] = {
+    0: (0, 0, 0), 1: (0, 0, 0), 2: (0, 0, 0), 3: (0, 0, 0), 4: (0, 0, 0), 5: (111, 74, 0),
+    6: (81, 0, 81), 7: (128, 64, 128), 8: (244, 35, 232), 9: (250, 170, 160), 10: (230, 150, 140),
+    11: (70, 70, 70), 12: (102, 102, 156), 13: (190, 153, 153), 14: (180, 165, 180),
+    15: (150, 100, 100), 16: (150, 120, 90), 17: (153, 153, 153), 18: (153, 153, 153),
+    19: (250, 170, 30), 20: (220, 220, 0), 21: (107, 142, 35), 22: (152, 251, 152),
+    23: (70, 130, 180), 24: (220, 20, 60), 25: (255, 0, 0), 26: (0, 0, 142), 27: (0, 0, 70),
+    28: (0, 60, 100), 29: (0, 0, 90), 30: (0, 0, 110), 31: (0, 80, 100), 32: (0, 0, 230),
+    33: (119, 11, 32),
+}
+
 # SYNTHIA-RAND-CITYSCAPES class id -> trainId (protocol.md section 3).
 SYNTHIA_ID_TO_TRAIN_ID: dict[int, int] = {
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9,

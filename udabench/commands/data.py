@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from udabench.data.layouts import DEFAULT_SUBDIR, KINDS, layout
+from udabench.data.layouts import layout
 from udabench.data.prepare import PrepareOptions, parse_size, prepare_dataset
 from udabench.data.verify import default_workers, verify_dataset
 
@@ -23,10 +23,10 @@ def default_data_root() -> Path:
 
 
 def _root(dataset: str, root: Path | None) -> Path:
-    return root if root is not None else default_data_root() / DEFAULT_SUBDIR[dataset]
+    return root if root is not None else default_data_root() / layout(dataset).subdir
 
 
-_dataset_arg = click.argument("dataset", type=click.Choice(KINDS))
+_dataset_arg = click.argument("dataset", metavar="DATASET")
 _root_opt = click.option("--root", type=click.Path(path_type=Path), default=None,
                          help="The dataset folder (default: <data_root>/<dataset>).")
 _workers_opt = click.option("--workers", type=click.IntRange(1), default=None,

@@ -40,12 +40,12 @@ def score_record(result: ScoreResult, bench: Any, pred_dir: Path) -> dict[str, A
 
 
 def protocol(record: dict[str, Any], size: tuple[int, int] | None) -> str:
-    res = f"{size[1]}x{size[0]}" if size else "their own"
+    res = f"all {size[1]}x{size[0]}" if size else "several sizes"
     return " | ".join([
         f"{record['benchmark']} (spec {record['spec_hash'][:8]})",
         f"classes {'/'.join(record['subsets'])}, convention {record['convention']}",
         f"{record['images']} predictions ({record['encoding']}) from {record['predictions']}",
-        f"compared with the full-resolution val labels ({res}), one confusion matrix over all images",
+        f"compared with each val label at its own size ({res}), one confusion matrix over all images",
         "inference settings unknown (made outside udabench)",
     ])
 
@@ -72,8 +72,9 @@ def markdown(record: dict[str, Any]) -> str:
 @click.argument("pred_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--benchmark", "-b", required=True, help="benchmark whose val labels to compare with")
 @click.option("--encoding", type=click.Choice(("auto",) + ENCODINGS), default="auto", show_default=True,
-              help="trainid (0..18), labelid (Cityscapes ids, as the official evaluator takes) or "
-                   "color (official palette, RGB); auto decides when unambiguous")
+              help="trainid (0..18), labelid (the target's label ids: Cityscapes labelIds, as the "
+                   "official evaluator takes) or color (official palette, RGB); 255 (black in "
+                   "colour) means no class; auto decides when unambiguous")
 @click.option("--per-image", "per_image", type=click.Path(path_type=Path, dir_okay=False),
               help="write per-image IoUs (percent) to this CSV file (never overwritten)")
 @click.option("--format", "fmt", type=click.Choice(("rich", "markdown", "json")), default="rich",
@@ -105,13 +106,13 @@ def score(pred_dir: Path, benchmark: str, encoding: str, per_image: Path | None,
         _, target_root = bench.roots(data_root, console=err)  # generated on first use
     else:  # scoring needs the target val labels only, not the source dataset roots() checks
         target_root = data_root / bench.target_subdir
-    gt = find_ground_truth(target_root, "val")
+    gt = find_ground_truth(target_root, "val", bench.target_kind)
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("score", total=len(gt))
         result = score_predictions(pred_dir, gt, encoding, bench.subsets, bench.convention,
                                    workers or default_workers(),
-                                   progress=lambda n: bar.advance(task, n))
+                                   progress=lambda n: bar.advance(task, n), kind=bench.target_kind)
     record = score_record(result, bench, pred_dir)
     if per_image is not None:
         _write_csv(per_image, result)

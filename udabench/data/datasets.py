@@ -1,4 +1,4 @@
-"""Map-style datasets for GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes in their official layouts.
+"""Map-style datasets of any registered dataset (``udabench.data.registry``) in its layout.
 
 Samples follow docs/conventions.md: ``image`` uint8 [3,H,W], ``label`` uint8 trainIds [H,W]
 (absent for label-free views), ``id`` (file stem), ``index``; training transforms add ``geometry``.
@@ -11,87 +11,34 @@ import hashlib
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import numpy as np
 import torch
 from torchvision.io import ImageReadMode
 
-from udabench import taxonomy
 from udabench.data import layouts
 from udabench.data.layouts import Pair
 from udabench.data.manifest import MISSING_LABEL, USABLE, Manifest, cache_dir, default_manifest_path
 from udabench.data.pngio import read_png, read_rgb
+from udabench.data.registry import get_dataset
+from udabench.data.spec import DatasetSpec, LabelEncodingError, LabelRangeError  # noqa: F401
 from udabench.data.transforms import resize_label
 from udabench.errors import DataError
 
 Transform = Callable[[dict[str, Any], torch.Generator], dict[str, Any]]
 
-_LUTS: dict[str, np.ndarray] = {}
+
+def map_ids(kind: str | DatasetSpec, ids: torch.Tensor) -> torch.Tensor:
+    """Raw label ids (uint8, or int32 for 16-bit labels) -> uint8 trainIds (the dataset's table)."""
+    return get_dataset(kind).map_ids(ids)
 
 
-class LabelEncodingError(DataError):
-    """A label PNG in the wrong encoding (expanded palette, 8-bit SYNTHIA, colour labels...)."""
+def raw_label_ids(kind: str | DatasetSpec, raw: torch.Tensor, path: Path) -> torch.Tensor:
+    """The [H, W] id plane of a decoded label; raises LabelEncodingError / LabelRangeError."""
+    return get_dataset(kind).label_ids(raw, path)
 
 
-class LabelRangeError(DataError):
-    """A label holding values outside the dataset's id range."""
-
-
-def _lut(kind: str) -> np.ndarray:
-    if kind not in _LUTS:
-        _LUTS[kind] = {"gta5": taxonomy.GTA5_ID_TO_TRAIN_ID, "synthia": taxonomy.SYNTHIA_TO_TRAIN_ID,
-                       "cityscapes": taxonomy.LABEL_ID_TO_TRAIN_ID}[kind]
-    return _LUTS[kind]
-
-
-def map_ids(kind: str, ids: torch.Tensor) -> torch.Tensor:
-    """Raw label ids (uint8, or int32 for SYNTHIA) -> uint8 trainIds through the lookup table.
-
-    numpy's take is several times faster than torch indexing for this on the CPU.
-    """
-    if ids.device.type != "cpu":
-        return torch.from_numpy(_lut(kind).copy()).to(ids.device)[ids.long()]
-    return torch.from_numpy(np.take(_lut(kind), ids.numpy()))
-
-
-def raw_label_ids(kind: str, raw: torch.Tensor, path: Path) -> torch.Tensor:
-    """The [H, W] id plane of a decoded label (palette indices / labelIds / SYNTHIA red channel).
-
-    Raises LabelEncodingError on the wrong encoding and LabelRangeError on out-of-range values.
-    """
-    channels, dtype = raw.shape[0], raw.dtype
-    found = f"{channels}-channel {'16' if dtype == torch.uint16 else '8'}-bit"
-    if kind == "synthia":
-        if dtype != torch.uint16 or channels != 3:
-            raise LabelEncodingError(
-                f"SYNTHIA label {path} is {found}; SYNTHIA-RAND-CITYSCAPES labels must be the original "
-                f"16-bit 3-channel PNGs (class id in the red channel): a tool that re-saved them in "
-                f"8 bits (Pillow, OpenCV without IMREAD_UNCHANGED, imageio) destroyed the ids; "
-                f"re-extract the original files")
-        ids = raw[0].to(torch.int32)  # uint16 supports few torch ops
-    else:
-        if dtype != torch.uint8 or channels != 1:
-            what = ("an 8-bit palette PNG whose indices are Cityscapes labelIds (as distributed); the "
-                    "file looks re-saved with its palette expanded to colours" if kind == "gta5" else
-                    "an 8-bit single-channel *_gtFine_labelIds.png (not *_gtFine_color.png)")
-            raise LabelEncodingError(f"{layouts.layout(kind).title} label {path} is {found}; expected "
-                                     f"{what}; re-extract the original files")
-        ids = raw[0]
-    limit = layouts.layout(kind).max_label_value
-    if int(ids.max()) > limit:
-        bad = (ids > limit) if kind == "synthia" else (ids > limit) & (ids != 255)
-        if bool(bad.any()):
-            values = torch.unique(ids[bad])[:5].tolist()
-            raise LabelRangeError(
-                f"{layouts.layout(kind).title} label {path} holds values {values} outside 0..{limit}"
-                f"{'' if kind == 'synthia' else ' (and 255)'}; the file is not a valid "
-                f"{layouts.layout(kind).label_encoding} label")
-    return ids
-
-
-def decode_label(kind: str, path: Path, strict: bool = False) -> torch.Tensor:
+def decode_label(kind: str | DatasetSpec, path: Path, strict: bool = False) -> torch.Tensor:
     """Read a label file of ``kind`` and map it to uint8 trainIds [H, W] (255 = ignore)."""
-    raw = read_png(path, ImageReadMode.UNCHANGED, strict=strict)
-    return map_ids(kind, raw_label_ids(kind, raw, path))
+    return get_dataset(kind).decode_label(path, strict)
 
 
 def sample_seed(*parts: object) -> int:
@@ -110,24 +57,27 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     supports_aug_seed = True  # InfiniteLoader passes (index, aug_seed) keys
 
-    def __init__(self, kind: str, root: Path, split: str = "train", *, with_labels: bool = True,
-                 transform: Transform | None = None, manifest: Path | Literal["auto"] | None = "auto",
+    def __init__(self, kind: str | DatasetSpec, root: Path, split: str = "train", *,
+                 with_labels: bool = True, transform: Transform | None = None,
+                 manifest: Path | Literal["auto"] | None = "auto",
                  cache_size: tuple[int, int] | None = None):
-        self.kind, self.root, self.split = kind, Path(root), split
+        self.spec = get_dataset(kind)
+        self.kind, self.root, self.split = self.spec.name, Path(root), split
         self.with_labels, self.transform = with_labels, transform
         self.label_is_train_id = False  # cached labels are already trainIds
         self.manifest: Manifest | None = None
-        layouts.check_root(kind, self.root)
+        layouts.check_root(self.spec, self.root)
+        self.spec.check_split(split)
         path = default_manifest_path(self.root) if manifest == "auto" else manifest
         if path is not None and (manifest != "auto" or Path(path).is_file()):
             self.manifest = Manifest.load(Path(path))
             self.pairs = self._pairs_from_manifest(self.manifest, cache_size, Path(path).parent)
         else:
-            found = layouts.scan(kind, self.root, split, with_labels)
+            found = layouts.scan(self.spec, self.root, split, with_labels)
             layouts.require_complete(found)
             self.pairs = found.pairs
         if not self.pairs:
-            raise DataError(f"{layouts.layout(kind).title} {split} at {self.root} has no usable images")
+            raise DataError(f"{self.spec.title} {split} at {self.root} has no usable images")
 
     def _pairs_from_manifest(self, man: Manifest, cache_size: tuple[int, int] | None,
                              out_dir: Path) -> list[Pair]:
@@ -140,10 +90,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
             base = cache_dir(out_dir, man.cache_size) / self.split
             self.label_is_train_id = True
             return [Pair(e.id, base / "images" / f"{e.id}.png",
-                         base / "labels" / f"{e.id}.png" if self.with_labels else None)
+                         base / "labels" / f"{e.id}.png" if self.with_labels else None,
+                         self.spec.images.groups_of(e.image))  # type: ignore[arg-type]
                     for e in entries]
-        return [Pair(e.id, self.root / e.image,
-                     self.root / e.label if (self.with_labels and e.label) else None)
+        return [Pair(e.id, self.root / e.image,  # type: ignore[operator]
+                     self.root / e.label if (self.with_labels and e.label) else None,
+                     self.spec.images.groups_of(e.image))  # type: ignore[arg-type]
                 for e in entries]
 
     def __len__(self) -> int:
@@ -165,8 +117,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if self.label_is_train_id:
                 label = raw[0]
             else:
-                label = raw_label_ids(self.kind, raw, pair.label)
-                label = map_ids(self.kind, label) if map_labels else label
+                label = self.spec.label_ids(raw, pair.label)
+                label = self.spec.map_ids(label) if map_labels else label
             if label.shape != image.shape[1:]:
                 # Known GTA5 defect (protocol.md 2): labels a few pixels off; nearest keeps ids valid.
                 label = resize_label(label, tuple(image.shape[1:]))
@@ -184,7 +136,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             gen.manual_seed(aug_seed if aug_seed is not None else sample_seed(self.kind, index))
             sample = self.transform(sample, gen)
         if defer and "label" in sample:
-            sample["label"] = map_ids(self.kind, sample["label"])
+            sample["label"] = self.spec.map_ids(sample["label"])
         return sample
 
     def class_counts(self) -> torch.Tensor:
@@ -202,24 +154,25 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{self.root})")
 
 
+def build_dataset(kind: str | DatasetSpec, root: Path, split: str = "train", *,
+                  with_labels: bool | None = None, **kw: Any) -> SegmentationDataset:
+    """``split`` of a registered dataset; labelled unless the split is the dataset's unlabelled
+    (target training) split, which gives labels only when asked (``with_labels=True``: oracle)."""
+    spec = get_dataset(kind)
+    labelled = spec.labelled_by_default(split) if with_labels is None else with_labels
+    return SegmentationDataset(spec, root, split, with_labels=labelled, **kw)
+
+
 def gta5(root: Path, transform: Transform | None = None, **kw: Any) -> SegmentationDataset:
-    return SegmentationDataset("gta5", root, "train", transform=transform, **kw)
+    return build_dataset("gta5", root, "train", transform=transform, **kw)
 
 
 def synthia(root: Path, transform: Transform | None = None, **kw: Any) -> SegmentationDataset:
-    return SegmentationDataset("synthia", root, "train", transform=transform, **kw)
+    return build_dataset("synthia", root, "train", transform=transform, **kw)
 
 
 def cityscapes(root: Path, split: str, *, with_labels: bool | None = None,
                transform: Transform | None = None, **kw: Any) -> SegmentationDataset:
     """Cityscapes ``split``; train is label-free unless ``with_labels=True`` (oracle only)."""
-    labelled = (split == "val") if with_labels is None else with_labels
-    return SegmentationDataset("cityscapes", root, split, with_labels=labelled, transform=transform,
-                               **kw)
-
-
-def build_dataset(kind: str, root: Path, split: str = "train", **kw: Any) -> SegmentationDataset:
-    layouts.layout(kind)
-    if kind == "cityscapes":
-        return cityscapes(root, split, **kw)
-    return SegmentationDataset(kind, root, split, **kw)
+    return build_dataset("cityscapes", root, split, with_labels=with_labels, transform=transform,
+                         **kw)

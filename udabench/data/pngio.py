@@ -1,5 +1,10 @@
 """PNG reading with torchvision.io, made safe against corrupt files, and atomic PNG writing.
 
+Every PNG colour type and bit depth decodes to its true values: torchvision's ``decode_png``
+returns palette PNGs of 1, 2 or 4 bits per pixel as packed bytes and scales 1/2/4-bit grey
+samples to 0..255, so ``read_png`` decodes those depths itself (Pillow for palette indices; the
+exact inverse scale for grey samples). Combinations the PNG standard does not allow are refused.
+
 torchvision's ``decode_png`` crashes the whole process (segfault) when libpng reports an error such
 as a CRC mismatch, so every file is walked chunk by chunk (lengths, CRCs, IHDR) in Python before
 it reaches libpng. The walk costs about a tenth of the decode. ``strict=True`` additionally inflates
@@ -8,6 +13,8 @@ written corrupt); verify and prepare use it, the training loader does not (it do
 """
 from __future__ import annotations
 
+import io
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -25,6 +32,8 @@ Buffer = Union[bytes, memoryview, np.ndarray]  # anything struct and zlib can re
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour types (IHDR byte 9) and their channel counts.
 COLOR_TYPES = {0: ("gray", 1), 2: ("rgb", 3), 3: ("palette", 1), 4: ("gray+alpha", 2), 6: ("rgba", 4)}
+# Bit depths the PNG standard allows for each colour type.
+BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,9 @@ def _header(data: Buffer, path: Path) -> PngInfo:
     width, height, depth, color = struct.unpack_from(">IIBB", data, 16)
     if width == 0 or height == 0 or color not in COLOR_TYPES:
         raise _corrupt(path, f"invalid header (size {width}x{height}, colour type {color})")
+    if depth not in BIT_DEPTHS[color]:
+        raise _corrupt(path, f"invalid header ({COLOR_TYPES[color][0]} PNGs cannot have {depth} "
+                             f"bits per sample)")
     return PngInfo(width, height, depth, color)
 
 
@@ -125,18 +137,68 @@ def read_png(path: Path, mode: ImageReadMode = ImageReadMode.UNCHANGED, strict: 
     raises DataError naming it.
     """
     path = Path(path)
-    try:
-        # read_file hands the bytes to decode_png without a copy; numpy gives the walk a buffer.
-        data = read_file(str(path))
-    except RuntimeError as exc:
-        if not path.exists():
-            raise DataError(f"missing file {path}") from None
-        raise DataError(f"cannot read {path}: {str(exc).splitlines()[-1]}") from None
-    check_png(data.numpy(), path, strict=strict)
+    data = _read_bytes(path)
+    info = check_png(data.numpy(), path, strict=strict)
+    if info.bit_depth < 8 and mode == ImageReadMode.UNCHANGED:
+        return _decode_low_depth(data, info, path)
     try:
         return decode_png(data, mode)
     except RuntimeError as exc:
         raise _corrupt(path, str(exc).splitlines()[-1]) from None
+
+
+def _read_bytes(path: Path) -> torch.Tensor:
+    try:
+        # read_file hands the bytes to decode_png without a copy; numpy gives the walk a buffer.
+        return read_file(str(path))
+    except RuntimeError:
+        pass
+    # read_file failed: a name it cannot pass on (not UTF-8), or an OS error that Python's own
+    # open() states in the OS's words (link loop, permission, a folder...).
+    if not os.path.lexists(path):
+        raise DataError(f"missing file {path}")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not raw:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def _decode_low_depth(data: torch.Tensor, info: PngInfo, path: Path) -> torch.Tensor:
+    """1/2/4-bit PNGs read UNCHANGED: palette indices or grey samples as stored (uint8 [1,H,W])."""
+    if info.color_type == 3:  # Pillow unpacks palette indices without touching them
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+                indices = np.array(img)
+        except (OSError, ValueError) as exc:
+            raise _corrupt(path, str(exc)) from None
+        return torch.from_numpy(indices.astype(np.uint8)).unsqueeze(0)
+    try:  # grey: libpng expands the samples to 8 bits by an exact integer scale; undo it
+        grey = decode_png(data, ImageReadMode.UNCHANGED)
+    except RuntimeError as exc:
+        raise _corrupt(path, str(exc).splitlines()[-1]) from None
+    return grey // (255 // (2 ** info.bit_depth - 1))
+
+
+def read_palette(path: Path) -> np.ndarray | None:
+    """The PLTE chunk of a PNG as uint8 [N, 3], or None when it has none (headers only)."""
+    data = Path(path).read_bytes()
+    _header(data, Path(path))
+    pos = 8
+    while pos + 12 <= len(data):
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        if ctype == b"PLTE":
+            body = np.frombuffer(data, dtype=np.uint8, count=length - length % 3, offset=pos + 8)
+            return body.reshape(-1, 3)
+        if ctype in (b"IDAT", b"IEND"):
+            return None
+        pos += 12 + length
+    return None
 
 
 def read_rgb(path: Path, strict: bool = False) -> torch.Tensor:

@@ -19,7 +19,8 @@ from rich.console import Console
 from torchvision.io import ImageReadMode
 
 from udabench.data import layouts
-from udabench.data.datasets import LabelEncodingError, LabelRangeError, map_ids, raw_label_ids
+from udabench.data.registry import get_dataset
+from udabench.data.spec import DatasetSpec, LabelEncodingError, LabelRangeError
 from udabench.data.manifest import (CORRUPT, DROPPED, MISSING_LABEL, ORPHAN_LABEL, OK, OUT_OF_RANGE,
                                     RESIZED, USABLE, WRONG_ENCODING, Entry, Manifest, cache_dir,
                                     entry_from_dict, prepared_dir)
@@ -62,9 +63,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def process_item(kind: str, root: Path, item: Item, opts: PrepareOptions,
+def process_item(kind: str | DatasetSpec, root: Path, item: Item, opts: PrepareOptions,
                  cache_base: Path | None) -> Entry:
     """Inspect one pair; decide its status; count classes; write its cache files."""
+    spec = get_dataset(kind)
+    unlabelled_split = item.split in spec.unlabelled_splits
     entry = Entry(item.id, item.split, item.image, item.label, OK)
     image = None
     caching = cache_base is not None and item.split == "train"
@@ -87,9 +90,9 @@ def process_item(kind: str, root: Path, item: Item, opts: PrepareOptions,
     else:
         path = root / item.label
         try:
-            ids = raw_label_ids(kind, read_png(path, ImageReadMode.UNCHANGED, strict=True), path)
+            ids = spec.label_ids(read_png(path, ImageReadMode.UNCHANGED, strict=True), path)
             entry.label_size = (ids.shape[1], ids.shape[0])
-            label = map_ids(kind, ids)
+            label = spec.map_ids(ids)
         except DataError as exc:  # corrupt or unreadable unless it is an encoding/range problem
             status = (WRONG_ENCODING if isinstance(exc, LabelEncodingError) else
                       OUT_OF_RANGE if isinstance(exc, LabelRangeError) else CORRUPT)
@@ -108,11 +111,10 @@ def process_item(kind: str, root: Path, item: Item, opts: PrepareOptions,
             iw, ih = entry.image_size  # type: ignore[misc]
             label = resize_label(label, (ih, iw))
     # Target-train class statistics would leak target labels to methods (the firewall).
-    if label is not None and entry.status in USABLE and not (kind == "cityscapes"
-                                                            and item.split == "train"):
+    if label is not None and entry.status in USABLE and not unlabelled_split:
         valid = label[label < NUM_CLASSES].to(torch.int64)
         entry.class_counts = torch.bincount(valid, minlength=NUM_CLASSES).tolist()
-    if caching and image is not None and (entry.status in USABLE or kind == "cityscapes"):
+    if caching and image is not None and (entry.status in USABLE or unlabelled_split):
         w, h = opts.cache_size  # type: ignore[misc]
         write_png(cache_base / item.split / "images" / f"{item.id}.png",
                   resize_image(image, (h, w), opts.interpolation))
@@ -146,11 +148,11 @@ def prepare_dataset(kind: str, root: Path, out_dir: Path | None = None,
                     opts: PrepareOptions = PrepareOptions(), console: Console | None = None
                     ) -> Manifest:
     """Run (or resume) prepare and write ``<out_dir>/manifest.json``; returns the manifest."""
+    spec = get_dataset(kind)
     root = Path(root).resolve()
-    layouts.check_root(kind, root)
+    layouts.check_root(spec, root)
     out_dir = Path(out_dir) if out_dir is not None else prepared_dir(root)
-    splits = ("train", "val") if kind == "cityscapes" else ("train",)
-    scans = [layouts.scan(kind, root, split, with_labels=True) for split in splits]
+    scans = [layouts.scan(spec, root, split, with_labels=True) for split in spec.splits]
     items: list[Item] = []
     for s in scans:
         for pairs, has_label in ((s.pairs, True), (s.unlabelled, False)):
@@ -182,7 +184,7 @@ def prepare_dataset(kind: str, root: Path, out_dir: Path | None = None,
               for i in range((len(items) + opts.chunk_size - 1) // opts.chunk_size)]
     todo = [c for c in chunks if not (parts / f"chunk_{c[0]:06d}.json").is_file()]
     with progress_bar(console) as bar:
-        title = layouts.layout(kind).title
+        title = spec.title
         resumed = f" (resuming, {len(chunks) - len(todo)} of {len(chunks)} chunks done)" \
             if len(todo) < len(chunks) else ""
         task = bar.add_task(f"preparing {title}{resumed}", total=len(items),

@@ -19,7 +19,8 @@ from rich.table import Table
 from torchvision.io import ImageReadMode
 
 from udabench.data import layouts
-from udabench.data.datasets import LabelEncodingError, LabelRangeError, raw_label_ids
+from udabench.data.registry import get_dataset
+from udabench.data.spec import DatasetSpec, LabelEncodingError, LabelRangeError
 from udabench.data.layouts import Pair
 from udabench.data.pngio import CorruptPNGError, PngInfo, check_png, read_png, read_png_info
 from udabench.errors import DataError
@@ -52,18 +53,12 @@ class PairCheck:
     problems: list[Problem] = field(default_factory=list)
 
 
-def expected_label_encoding(kind: str, info: PngInfo) -> str | None:
+def expected_label_encoding(kind: str | DatasetSpec, info: PngInfo) -> str | None:
     """None when the header matches the dataset's label encoding, else why not.
 
     A grey 8-bit GTA5 label still holds the ids; the encoding row of the report shows it.
     """
-    if kind == "synthia":
-        ok = info.channels == 3 and info.bit_depth == 16
-        return None if ok else (f"{info.describe()}: SYNTHIA labels must be 16-bit 3-channel PNGs "
-                                "(an 8-bit copy has lost the class ids; re-extract the originals)")
-    if info.channels != 1 or info.bit_depth != 8:
-        return f"{info.describe()}: expected {layouts.layout(kind).label_encoding}"
-    return None
+    return get_dataset(kind).check_label_header(info)
 
 
 def _inspect(path: Path, quick: bool) -> PngInfo:
@@ -94,7 +89,7 @@ def check_pair(kind: str, pair: Pair, quick: bool = False) -> PairCheck:
         if wrong:
             out.problems.append(Problem("wrong encoding", pair.label, wrong))
         elif not quick:
-            raw_label_ids(kind, read_png(pair.label, ImageReadMode.UNCHANGED), pair.label)
+            get_dataset(kind).label_ids(read_png(pair.label, ImageReadMode.UNCHANGED), pair.label)
     except CorruptPNGError as exc:
         out.problems.append(Problem("corrupt", pair.label, str(exc)))
     except LabelEncodingError as exc:
@@ -191,8 +186,8 @@ def verify_dataset(kind: str, root: Path, quick: bool = False, workers: int = 1,
     root = Path(root)
     layouts.check_root(kind, root)
     report = VerifyReport(kind, root)
-    splits = ("train", "val") if kind == "cityscapes" else ("train",)
-    scans = [layouts.scan(kind, root, split, with_labels=True) for split in splits]
+    spec = get_dataset(kind)
+    scans = [layouts.scan(spec, root, split, with_labels=True) for split in spec.splits]
     for s in scans:
         report.splits[s.split] = {"images": len(s.pairs) + len(s.missing_labels),
                                   "labels": len(s.pairs) + len(s.orphan_labels), "pairs": len(s.pairs)}

@@ -21,6 +21,7 @@ import numpy as np
 from udabench.fileio import atomic_write_bytes as write_atomic
 from udabench.minicity.params import MiniCityParams
 from udabench.minicity.render import CODE_TO_LABEL_ID, CODE_TO_SYNTHIA_ID, instance_map, render_full
+from udabench.taxonomy import LABEL_ID_COLORS
 
 Progress = Callable[[int], None] | None
 
@@ -31,19 +32,9 @@ Progress = Callable[[int], None] | None
 LEVEL_FLAT = 1
 LEVEL_NOISY = 0
 
-# Official Cityscapes colours by labelId (cityscapesscripts.helpers.labels), for the GTA5 palette;
-# ids not listed (and the palette's unused entries) are black.
-_LABEL_ID_COLOURS = {
-    4: (0, 0, 0), 5: (111, 74, 0), 6: (81, 0, 81), 7: (128, 64, 128), 8: (244, 35, 232),
-    9: (250, 170, 160), 10: (230, 150, 140), 11: (70, 70, 70), 12: (102, 102, 156),
-    13: (190, 153, 153), 14: (180, 165, 180), 15: (150, 100, 100), 16: (150, 120, 90),
-    17: (153, 153, 153), 18: (153, 153, 153), 19: (250, 170, 30), 20: (220, 220, 0),
-    21: (107, 142, 35), 22: (152, 251, 152), 23: (70, 130, 180), 24: (220, 20, 60), 25: (255, 0, 0),
-    26: (0, 0, 142), 27: (0, 0, 70), 28: (0, 60, 100), 29: (0, 0, 90), 30: (0, 0, 110),
-    31: (0, 80, 100), 32: (0, 0, 230), 33: (119, 11, 32),
-}
+# The GTA5 palette: the official Cityscapes colour of each labelId (the other entries are black).
 GTA5_PALETTE = np.zeros((256, 3), dtype=np.uint8)
-for _i, _c in _LABEL_ID_COLOURS.items():
+for _i, _c in LABEL_ID_COLORS.items():
     GTA5_PALETTE[_i] = _c
 GTA5_PALETTE.setflags(write=False)
 

@@ -4,9 +4,14 @@ Two formats:
 - ``color``: ``color/<city>/<stem>.png`` (the class map in the official palette),
   ``overlay/<city>/<stem>.png`` (the image blended 50% with it) and, when labels exist,
   ``side_by_side/<city>/<stem>.png`` (overlay | prediction | ground truth).
-- ``cityscapes``: ``<city>/<stem>.png`` holding Cityscapes labelIds, which is what the official
-  evaluator (``csEvalPixelLevelSemanticLabeling``, which globs ``<city>_<seq>_<frame>*.png`` below
-  its results folder) and the test server take, and what ``udabench score --encoding labelid`` reads.
+- ``cityscapes``: ``<city>/<stem>.png`` holding the target dataset's own label ids (Cityscapes
+  labelIds), which is what the official evaluator (``csEvalPixelLevelSemanticLabeling``, which
+  globs ``<city>_<seq>_<frame>*.png`` below its results folder) and the test server take, and what
+  ``udabench score --encoding labelid`` reads. The folders come from the target's descriptor (the
+  ``*`` folders of its file pattern), so another target dataset gets its own layout.
+
+Predictions are written at each label's own size (the size the run's evaluation scored at, and
+the size ``udabench score`` requires); images without a label (the train split) at the image size.
 
 Predictions are made exactly as the run's evaluation made them (same dataset view, network,
 input size, flip/scales and label resolution), so exported labelIds re-score to result.json.
@@ -123,13 +128,13 @@ def select(ids: list[str], wanted: tuple[str, ...] = (), limit: int | None = Non
            where: str = "the split") -> list[int]:
     """Indices of the images to predict: the ``wanted`` ids (file names allowed) or all, then the
     first ``limit``. An unknown id is a UserError naming it and a few known ones."""
-    from udabench.scoring import stem_of
+    from udabench.scoring import match_id
 
     position = {image_id: i for i, image_id in enumerate(ids)}
     chosen: list[int] = []
     for token in wanted:
         for part in filter(None, (p.strip() for p in token.split(","))):
-            key = part if part in position else stem_of(Path(part).name)
+            key = part if part in position else match_id(Path(part).name, position)
             if key not in position:
                 sample = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
                 raise UserError(f"--images {part}: no such image in {where} ({len(ids)} images: {sample})")
@@ -160,10 +165,14 @@ class ExportSummary:
 
 
 def _write_one(stage: Path, fmt: str, stem: str, pred: torch.Tensor, image_path: Path,
-               label: torch.Tensor | None) -> int:
-    rel = relative_path(stem)
+               label: torch.Tensor | None, rel: Path | None = None,
+               export_lut: torch.Tensor | None = None) -> int:
+    """Write one image's files below ``stage``; ``rel`` is its path below each format folder
+    (default: ``<city>/<stem>.png``), ``export_lut`` trainId -> raw id (default: labelIds)."""
+    rel = relative_path(stem) if rel is None else rel
     if fmt == "cityscapes":
-        write_png(stage / rel, to_label_ids(pred))
+        ids = to_label_ids(pred) if export_lut is None else export_lut[pred.long()]
+        write_png(stage / rel, ids)
         return 1
     color = colorize(pred)
     image = read_rgb(image_path)
@@ -186,6 +195,8 @@ def export_predictions(run: LoadedRun, dataset: Any, indices: list[int], out: Pa
     """Predict ``dataset[i]`` for each index and write the PNGs of ``fmt`` into ``out``."""
     from udabench.engine.evaluator import predict
 
+    spec = dataset.spec
+    export_lut = torch.from_numpy(np.array(spec.export_lut))
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -207,7 +218,9 @@ def export_predictions(run: LoadedRun, dataset: Any, indices: list[int], out: Pa
                 size = (info.height, info.width)
             image = sample["image"].unsqueeze(0).to(run.device)
             pred = predict(run.net, image, size, run.settings, run.amp_dtype)[0].cpu()
-            files += _write_one(stage, fmt, sample["id"], pred, dataset.pairs[i].image, label)
+            pair = dataset.pairs[i]
+            files += _write_one(stage, fmt, sample["id"], pred, pair.image, label,
+                                spec.prediction_path(sample["id"], pair.groups), export_lut)
             if progress is not None:
                 progress(1)
         check_out_dir(out)  # created while we worked?
