@@ -195,3 +195,29 @@ def test_padding_and_deferred_id_mapping(kind, tiny_gta5, tiny_synthia):
     assert out.dtype == torch.uint8 and out.shape == (40, 80)
     assert torch.equal(out[:32, :64], plain)
     assert (out[32:] == 255).all() and (out[:, 64:] == 255).all()
+
+
+@pytest.mark.parametrize("color_type,depth", [(3, 1), (3, 2), (3, 4), (0, 1), (0, 2), (0, 4)])
+@pytest.mark.parametrize("interlace", [False, True])
+def test_labels_with_fewer_bits_decode_like_8_bit(tiny_gta5, tiny_cityscapes, copy_tree,
+                                                 color_type, depth, interlace):
+    """GTA5 (palette) and Cityscapes (grey) labels stored with 1/2/4 bits per pixel give the ids
+    they store: verify passes them and the dataset maps them like 8-bit files."""
+    from pngkit import encode_png
+    from udabench.data.verify import verify_dataset
+
+    ids = np.random.default_rng(depth).integers(0, 2 ** depth, (32, 64))  # labelIds that fit
+    palette = np.zeros((2 ** depth, 3)) if color_type == 3 else None
+    data = encode_png(ids[..., None], color_type, depth, palette, interlace)
+    gta = copy_tree(tiny_gta5)
+    (gta / "labels" / "00002.png").write_bytes(data)
+    assert np.array_equal(gta5(gta, manifest=None)[1]["label"].numpy(), _expected_from_label_ids(ids))
+    cs = copy_tree(tiny_cityscapes)
+    path = next((cs / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))
+    path.write_bytes(data)
+    val = cityscapes(cs, "val", manifest=None)
+    stem = path.name.replace("_gtFine_labelIds.png", "")
+    assert np.array_equal(val[val.ids.index(stem)]["label"].numpy(), _expected_from_label_ids(ids))
+    for kind, root in (("gta5", gta), ("cityscapes", cs)):
+        report = verify_dataset(kind, root)
+        assert not report.errors, report.errors

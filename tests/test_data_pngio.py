@@ -13,6 +13,7 @@ from torchvision.io import ImageReadMode
 from udabench.data.pngio import (CorruptPNGError, check_png, read_png, read_png_info, read_rgb,
                                  write_png)
 from udabench.errors import DataError
+from pngkit import PNG_TYPES, encode_png
 
 
 def test_palette_png_gives_indices_not_colours(tmp_path, png):
@@ -84,3 +85,66 @@ def test_write_png_is_atomic_and_roundtrips(tmp_path):
     write_png(tmp_path / "sub" / "a.png", img)
     assert torch.equal(read_png(tmp_path / "sub" / "a.png", ImageReadMode.RGB), img)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.png"]  # no temporary left over
+
+
+# -- every colour type and bit depth --------------------------------------------------------------
+def _png_cases():
+    for color_type, (_, depths) in PNG_TYPES.items():
+        for depth in depths:
+            for interlace in (False, True):
+                yield pytest.param(color_type, depth, interlace,
+                                   id=f"type{color_type}-{depth}bit{'-interlaced' if interlace else ''}")
+
+
+@pytest.mark.parametrize("color_type,depth,interlace", list(_png_cases()))
+def test_every_colour_type_and_bit_depth_decodes_to_its_values(tmp_path, color_type, depth,
+                                                               interlace):
+    """UNCHANGED gives the stored samples (palette indices, grey values, every channel); RGB gives
+    the colours an image viewer shows; both checked against the source array."""
+    channels = PNG_TYPES[color_type][0]
+    rng = np.random.default_rng(color_type * 100 + depth)
+    h, w = 11, 13  # odd sizes: rows do not end on a byte boundary at low depths
+    samples = rng.integers(0, 2 ** depth, (h, w, channels), dtype=np.int64)
+    palette = rng.integers(0, 256, (2 ** depth, 3)) if color_type == 3 else None
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_png(samples, color_type, depth, palette, interlace))
+    info = read_png_info(path)
+    assert (info.bit_depth, info.color_type, info.channels) == (depth, color_type, channels)
+
+    raw = read_png(path, strict=True)
+    assert raw.dtype == (torch.uint16 if depth == 16 else torch.uint8)
+    assert raw.shape == (channels, h, w)
+    assert np.array_equal(raw.to(torch.int32).permute(1, 2, 0).numpy(), samples)
+
+    rgb = read_rgb(path, strict=True).permute(1, 2, 0).numpy().astype(np.int64)
+    if color_type == 3:
+        expected = palette[samples[..., 0]]
+    else:
+        colour = samples[..., :1].repeat(3, -1) if channels <= 2 else samples[..., :3]
+        expected = colour >> 8 if depth == 16 else colour * (255 // (2 ** depth - 1))
+    assert rgb.shape == (h, w, 3) and np.array_equal(rgb, expected)
+
+
+@pytest.mark.parametrize("color_type,depth", [(2, 4), (4, 2), (6, 1), (3, 16), (0, 3), (2, 12)])
+def test_depths_the_standard_forbids_are_refused_in_one_line(tmp_path, color_type, depth):
+    path = tmp_path / "bad.png"
+    samples = np.zeros((4, 5, PNG_TYPES[color_type][0]), dtype=np.int64)
+    data = bytearray(encode_png(samples, color_type, 8, np.zeros((256, 3)) if color_type == 3
+                                else None))
+    data[24] = depth  # IHDR bit depth, then repair the CRC so only the header check can tell
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptPNGError, match=f"cannot have {depth} bits") as err:
+        read_png(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_pillow_4bit_palette_reads_as_indices(tmp_path):
+    """Pillow writes palettes of 16 colours or fewer with 4 bits per pixel (torchvision alone
+    returns the packed bytes)."""
+    ids = np.random.default_rng(5).integers(0, 16, (7, 9)).astype(np.uint8)
+    img = Image.fromarray(ids, mode="P")
+    img.putpalette([v for i in range(16) for v in (i * 9, i, 255 - i)])
+    img.save(tmp_path / "p.png")
+    assert read_png_info(tmp_path / "p.png").bit_depth == 4
+    assert np.array_equal(read_png(tmp_path / "p.png")[0].numpy(), ids)

@@ -368,3 +368,54 @@ def test_cli_on_a_tiny_minicity_benchmark_from_the_config(tmp_path, monkeypatch)
     present = [v for v in record["iou"].values() if v is not None]
     assert present and all(v == pytest.approx(100) for v in present)
     assert record["miou"]["19"] == pytest.approx(100) and record["pixel_accuracy"] == pytest.approx(100)
+
+
+# --- every PNG colour type and bit depth ------------------------------------------------------
+def _every_format(train_ids: np.ndarray):
+    """(name, PNG bytes) of one trainId map in every single-channel type and depth that holds it."""
+    from pngkit import encode_png
+
+    top = int(train_ids.max())
+    for color_type in (0, 3):
+        for depth in (1, 2, 4, 8):
+            if top < 2 ** depth:
+                palette = (np.random.default_rng(depth).integers(0, 256, (2 ** depth, 3))
+                           if color_type == 3 else None)
+                for interlace in (False, True):
+                    yield (f"type{color_type}-{depth}bit-{interlace}",
+                           encode_png(train_ids[..., None], color_type, depth, palette, interlace))
+
+
+def test_predictions_in_any_depth_score_like_8_bit(tmp_path):
+    """A prediction saved with 1, 2 or 4 bits per pixel (Pillow does so for <= 16 colours), grey or
+    palette, interlaced or not, scores exactly like the same prediction in 8 bits."""
+    rng = np.random.default_rng(7)
+    gts = {s: rng.choice(np.arange(34), (9, 13)).astype(np.uint8) for s in stems(2)}
+    write_gt(tmp_path / "cs", gts)
+    for top in (1, 3, 15):  # trainIds that fit 1, 2 and 4 bits
+        preds = {s: rng.integers(0, top + 1, (9, 13)).astype(np.uint8) for s in gts}
+        write_preds(tmp_path / f"ref{top}", preds)
+        reference = score_predictions(tmp_path / f"ref{top}", tmp_path / "cs", "trainid").matrix
+        formats = {s: dict(_every_format(p)) for s, p in preds.items()}
+        for name in formats[next(iter(gts))]:
+            folder = tmp_path / f"{top}-{name}"
+            folder.mkdir()
+            for s in gts:
+                (folder / f"{s}.png").write_bytes(formats[s][name])
+            result = score_predictions(folder, tmp_path / "cs", "trainid", workers=1)
+            np.testing.assert_array_equal(result.matrix, reference, err_msg=name)
+
+
+@pytest.mark.parametrize("color_type,depth,what", [(0, 16, "16-bit"), (4, 8, "2-channel"),
+                                                   (6, 8, "4-channel"), (2, 16, "16-bit")])
+def test_prediction_formats_that_hold_no_class_map_are_refused(tmp_path, color_type, depth, what):
+    from pngkit import PNG_TYPES, encode_png
+
+    gts, preds = random_case(n=2, hw=(8, 16))
+    write_gt(tmp_path / "cs", gts)
+    write_preds(tmp_path / "pred", preds)
+    bad = next(iter(gts))
+    samples = np.full((8, 16, PNG_TYPES[color_type][0]), 7, dtype=np.int64)
+    (tmp_path / "pred" / f"{bad}_leftImg8bit.png").write_bytes(encode_png(samples, color_type, depth))
+    msg = _error(tmp_path, "labelid")
+    assert "1 PNGs in the wrong format" in msg and f"({what}; expected 8-bit grey or RGB)" in msg

@@ -163,8 +163,12 @@ class DatasetSpec:
 
     # -- labels ---------------------------------------------------------------------------------------
     def check_label_header(self, info: PngInfo) -> str | None:
-        """None when a label's PNG header fits the encoding, else why not (verify --quick)."""
-        if info.channels == self.label_channels and info.bit_depth == self.label_bit_depth:
+        """None when a label's PNG header fits the encoding, else why not (verify --quick).
+
+        Fewer bits than 8 (a 4-bit palette written by Pillow) decode to the same ids."""
+        depth_ok = info.bit_depth == self.label_bit_depth or (
+            self.label_bit_depth == 8 and info.bit_depth < 8)
+        if info.channels == self.label_channels and depth_ok:
             return None
         return f"{info.describe()}: expected {self.label_encoding}"
 
