@@ -62,23 +62,10 @@ def _slug(text: str) -> str:
 
 def _resolve(tokens: tuple[str, ...], benchmark: str | None, output_dir: Path | None,
              config_file: Path | None) -> list[Any]:
-    """Sides (udabench.results.compare.resolve) of run directories, run ids or method names."""
-    from udabench.results.compare import resolve
+    """Sides (udabench.results.select.Side) of run directories, run ids, names or method names."""
+    from udabench.commands.results import resolve_sides
 
-    records: list[dict[str, Any]] = []
-    if not all(Path(t).is_dir() for t in tokens):  # names and ids need the run store
-        from udabench.commands.results import _records
-
-        records, _ = _records(output_dir, config_file, benchmark)
-    for t in tokens:
-        p = Path(t)
-        if p.is_dir() and not (p / "result.json").is_file():
-            raise UserError(f"{p} is not a finished run directory (no result.json in it)")
-    first = resolve(tokens[0], records, benchmark)
-    sides = [first]
-    if len(tokens) == 2:
-        sides.append(resolve(tokens[1], records, benchmark or first.benchmark, first.spec_hash))
-    return sides
+    return resolve_sides(tokens, benchmark, output_dir, config_file)
 
 
 @click.command("plot")

@@ -108,29 +108,46 @@ def _run_json(r: dict[str, Any]) -> dict[str, Any]:
     return {**{k: r.get(k) for k in keys}, "val_set": val_set(r)}
 
 
-def _runs_table(bench: str, spec: str, rows: list[dict[str, Any]]) -> Table:
+def _runs_table(bench: str, spec: str, rows: list[dict[str, Any]], width: int) -> Table:
     from udabench.report import fmt
 
     subsets = [str(s) for s in rows[0]["subsets"]]
     table = Table(title=f"{bench} (spec {spec}): {len(rows)} run(s)", title_justify="left",
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    # The run id carries the config hash (and seed), so it is the one column never squeezed.
-    table.add_column("run id", no_wrap=True, min_width=max(len(r["run_id"]) for r in rows))
-    labels = [r["method"] + ("" if r.get("uda", True) else " (not UDA)") for r in rows]
-    table.add_column("method", overflow="fold", min_width=min(20, max(map(len, labels))))
-    table.add_column("name", overflow="fold")
-    table.add_column("seed", justify="right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for sub in subsets:
-        table.add_column(f"mIoU{sub}", justify="right", no_wrap=True)
-    table.add_column("iters", justify="right", no_wrap=True)
-    table.add_column("wall", justify="right", no_wrap=True)
-    for r, method in zip(rows, labels):
-        status = r["status"] + (f" by {r['superseded_by']}" if r.get("superseded_by") else "")
-        style = {"finished": "", "superseded": "dim", "missing": "red", "changed": "yellow"}[r["status"]]
-        table.add_row(r["run_id"], method, _label(r), str(r["seed"]), Text(status, style=style),
-                      *[fmt(r["miou"].get(sub)) for sub in subsets], str(r.get("iters", "-")),
-                      _duration((r.get("compute") or {}).get("wall_seconds")))
+    named = any(r.get("name") or r.get("tags") for r in rows)
+    headers = ["run id", "method", "name", "seed", "status", *[f"mIoU{sub}" for sub in subsets], "iters", "wall"]
+    body = []
+    for r in rows:
+        body.append([r["run_id"], r["method"] + ("" if r.get("uda", True) else " (not UDA)"), _label(r),
+                     str(r["seed"]), r["status"], *[fmt(r["miou"].get(sub)) for sub in subsets],
+                     str(r.get("iters", "-")), _duration((r.get("compute") or {}).get("wall_seconds"))])
+    natural = [max(len(h), *(len(row[j]) for row in body)) for j, h in enumerate(headers)]
+    shown = [j for j, h in enumerate(headers) if h != "name" or named]
+    # Measuring thousands of cells is most of rich's time, so every width is given: the columns
+    # that never wrap get theirs (the run id carries the config hash and seed: never squeezed),
+    # method and name share what is left and fold; wall and iters go first when it is too narrow.
+    folding = [j for j in shown if headers[j] in ("method", "name")]
+
+    def room() -> int:
+        fixed = sum(natural[j] for j in shown if j not in folding)
+        return (width - fixed - 3 * (len(shown) - 1)) // len(folding)  # 3: padding and rule
+
+    for optional in (len(headers) - 1, len(headers) - 2):
+        if room() < min(10, min(natural[j] for j in folding)):
+            shown.remove(optional)
+    share = room()
+    for j in folding:
+        natural[j] = max(6, min(natural[j], share))
+    for j in shown:
+        folds = j in folding
+        table.add_column(headers[j], justify="right" if j == 3 or j > 4 else "left", width=natural[j],
+                         no_wrap=not folds, overflow="fold" if folds else "ellipsis")
+    body = [[row[j] for j in shown] for row in body]
+    styles = {"finished": "", "superseded": "dim", "missing": "red", "changed": "yellow"}
+    status = shown.index(4)
+    for r, cells in zip(rows, body):
+        cells[status] = Text(r["status"], style=styles[r["status"]])
+        table.add_row(*cells)
     return table
 
 
@@ -183,7 +200,7 @@ def runs_cmd(benchmark: str | None, methods: tuple[str, ...], names: tuple[str, 
     for r in rows:
         groups.setdefault((r["benchmark"], r["spec_hash"]), []).append(r)
     for (bench, spec), group in sorted(groups.items()):
-        console.print(_runs_table(bench, spec, group))
+        console.print(_runs_table(bench, spec, group, console.width))
         console.print()
     console.print(Text(f"store {view.store}; a configuration and seed count once (the newest finished run; "
                        "older ones are superseded); compare two with `udabench compare A B`", style="dim"),

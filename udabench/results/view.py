@@ -53,7 +53,7 @@ class StoreView:
 def evidence_status(row: dict[str, Any]) -> str:
     """FINISHED when the row's result.json exists with the size and mtime it was indexed with."""
     try:
-        st = os.stat(Path(row["run_dir"]) / "result.json")
+        st = os.stat(os.path.join(row["run_dir"], "result.json"))  # str join: this runs per row
     except OSError:
         return MISSING
     return FINISHED if (st.st_size, st.st_mtime_ns) == tuple(row["_evidence"]) else CHANGED
@@ -105,7 +105,7 @@ def _rebuild(store: Path, out: Path, why: str, add: tuple[Path, ...] = ()) -> li
     try:
         summary = reindex(store, out, add)
     except UserError as exc:
-        raise UserError(f"{why}, and rebuilding it failed: {exc}") from None
+        raise UserError(f"{why}; rebuilding it from the run directories failed: {exc}") from None
     folders = ", ".join(summary.folders) or str(out)
     lines = [f"indexed {summary.indexed} run(s) from {folders} into {store} ({why})"]
     lines += [f"skipped: {reason}" for reason in summary.skipped]
@@ -131,10 +131,10 @@ def open_view(output_dir: Path | str, benchmark: str | None = None, rebuild: boo
         try:
             rows = read_rows(store)
         except StoreUnusable as exc:
-            why = f"{exc}: rebuilt it from the run directories"
+            why = str(exc)
         else:
             if not rows and find_run_dirs(out):
-                why = "the store listed no runs but run directories exist: rebuilt it"
+                why = f"the run store {store} listed no runs but run directories exist"
     if why is not None:
         notices += _rebuild(store, out, why, add)
         rows = read_rows(store)
