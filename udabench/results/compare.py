@@ -15,6 +15,7 @@ from udabench.errors import UserError
 from udabench.results.bootstrap import BootstrapResult, SeedInterval, paired_bootstrap, seed_interval
 from udabench.results.matrices import headline_ious, load_per_image
 from udabench.results.select import Side
+from udabench.results.store import weak_val_set
 from udabench.taxonomy import CLASS_NAMES, SUBSETS
 
 
@@ -74,7 +75,8 @@ def compare(a: Side, b: Side, resamples: int = 1000, seed: int = 0) -> Compariso
     if (a.benchmark, a.spec_hash) != (b.benchmark, b.spec_hash):
         raise UserError(f"{a.label} is on {a.benchmark} (spec {a.spec_hash}) but {b.label} on {b.benchmark} "
                         f"(spec {b.spec_hash}); compare needs the same benchmark and protocol")
-    if a.val_set != b.val_set:
+    if a.val_set != b.val_set and not (weak_val_set(a.val_set) or weak_val_set(b.val_set)):
+        # (An older record knows only its image count; the per-image ids below are the real check.)
         raise UserError(f"{a.label} was scored on validation set {a.val_set} but {b.label} on {b.val_set}; "
                         "compare needs the same validation images")
     subsets = [str(s) for s in a.records[0]["subsets"]]

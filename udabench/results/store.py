@@ -287,6 +287,11 @@ def val_set(record: dict[str, Any]) -> str:
     return f"{images} images" if images is not None else "unknown"
 
 
+def weak_val_set(value: str) -> bool:
+    """True for the stand-ins of records without a validation fingerprint."""
+    return value == "unknown" or value.endswith(" images")
+
+
 def _provenance(run_dir: Path) -> dict[str, Any]:
     try:
         env = json.loads((run_dir / "env.json").read_text())
