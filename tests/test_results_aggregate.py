@@ -11,7 +11,6 @@ from rich.console import Console
 
 from udabench.results import tables
 from udabench.results.aggregate import aggregate, build_boards, load_reported
-from udabench.taxonomy import CLASS_NAMES
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_records.json"
 S1, S2, S3 = "aaaa11112222", "bbbb33334444", "cccc55556666"
@@ -84,9 +83,7 @@ def test_reported_file_is_consistent():
         assert e["source"] and e["method"] and e["miou"]
         allowed = {"19"} if e["benchmark"] == "gta2cs" else {"16", "13"}
         assert set(e["miou"]) <= allowed
-        if e["iou"]:  # transcription check: the per-class numbers average to the published mIoU
-            assert list(e["iou"]) == list(CLASS_NAMES)
-            assert sum(e["iou"].values()) / 19 == pytest.approx(e["miou"]["19"], abs=0.05)
+        # per-class transcription checks (19- and 16-class rows): tests/test_reported.py
     caveats = " ".join(c for e in entries for c in e["caveats"])
     for word in ("two-model ensemble", "best snapshot", "MiT-B5"):
         assert word in caveats
