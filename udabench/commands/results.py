@@ -146,8 +146,9 @@ def _runs_table(bench: str, spec: str, rows: list[dict[str, Any]], width: int) -
     styles = {"finished": "", "superseded": "dim", "missing": "red", "changed": "yellow"}
     status = shown.index(4)
     for r, cells in zip(rows, body):
-        cells[status] = Text(r["status"], style=styles[r["status"]])
-        table.add_row(*cells)
+        texts = [Text(cell) for cell in cells]  # Text, not markup: a tag like [ablation] is data
+        texts[status].stylize(styles[r["status"]])
+        table.add_row(*texts)
     return table
 
 
@@ -292,7 +293,8 @@ def _describe(key: str, side: Any) -> Text:
     what = f"run {side.records[0]['run_id']}" if side.by == "run" else \
         f"config {side.config_hash[:8]}"
     uda = "" if all(r.get("uda", True) for r in side.records) else " (uses target labels: not UDA)"
-    name = f", name {side.name}" if side.name else ""
+    tags = sorted({str(t) for r in side.records for t in r.get("tags") or []})
+    name = (f", name {side.name}" if side.name else "") + (f" [{', '.join(tags)}]" if tags else "")
     return Text(f"{key} = {side.label}: {side.method}{uda}, {what}{name}, seed(s) {','.join(map(str, side.seeds))}")
 
 

@@ -66,6 +66,11 @@ def best_marks(values: list[float], candidates: list[bool], higher: bool,
     return [i == winners[0] for i in range(len(values))]
 
 
+def _name_cell(name: str, tags: str) -> str:
+    """A configuration's run name(s) and tags: 'advent [ablation]'."""
+    return (str(name) or "-") + (f" [{tags}]" if tags else "")
+
+
 def _fixed(digits: int) -> Callable[[float], str]:
     return lambda v: "-" if isnan(v) else f"{v:.{digits}f}"
 
@@ -90,7 +95,7 @@ def all_columns(board: Board, short: bool) -> tuple[list[Column], list[str]]:
     method = key("method", "method", list(rows["method"]) + list(rep["method"] if n_rep else []))
     method.marks = [""] * n_rows + [f"R{i}" for i in range(1, n_rep + 1)]
     cols = [method,
-            key("name", "name", [str(v) or "-" for v in rows["name"]] + pad),
+            key("name", "name", [_name_cell(n, t) for n, t in zip(rows["name"], rows["tags"])] + pad),
             key("kind", "kind", kinds),
             key("config", "config", [str(c)[:8] for c in rows["config_hash"]] + pad),
             key("settings", "differs in", [str(v) or "-" for v in rows.get("differs", [""] * n_rows)] + pad),

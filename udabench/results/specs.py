@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from udabench import __version__
@@ -42,8 +41,8 @@ def _from_registry() -> dict[str, str]:
 
 def current_specs(store: Path | None) -> dict[str, str]:
     """{benchmark name: spec hash of its current definition}, from the cache when it is fresh."""
-    if "udabench.benchmarks" in sys.modules or store is None or not Path(store).exists():
-        return _from_registry()  # already paid for, or nowhere to cache
+    if store is None or not Path(store).exists():
+        return _from_registry()  # nowhere to cache
     fingerprint = code_fingerprint()
     try:
         cached = json.loads(get_meta(store, _META_KEY) or "{}")
