@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -153,3 +157,160 @@ def test_workers_and_bad_options(tiny_gta5, copy_tree):
     assert isinstance(result.exception, UserError) and "WIDTHxHEIGHT" in str(result.exception)
     with pytest.raises(DataError, match="manifest .* not found"):
         gta5(root, manifest=root / "nope.json")
+
+
+# -- manifests follow the files --------------------------------------------------------------------
+def test_entries_record_size_and_mtime(tiny_gta5, copy_tree):
+    root = copy_tree(tiny_gta5)
+    man = prepare_dataset("gta5", root)
+    for e in man.entries:
+        for rel, stat in ((e.image, e.image_stat), (e.label, e.label_stat)):
+            st = (root / rel).stat()
+            assert stat == (st.st_size, st.st_mtime_ns)
+    assert all(e.image_sha256 is None for e in man.entries) and not man.checksums
+
+
+def test_a_replaced_corrupt_label_is_checked_again(tiny_gta5, copy_tree, monkeypatch, capsys):
+    root = copy_tree(tiny_gta5)
+    good = (root / "labels" / "00003.png").read_bytes()
+    (root / "labels" / "00003.png").write_bytes(good[: len(good) // 2])
+    man = prepare_dataset("gta5", root, opts=PrepareOptions(chunk_size=1))
+    assert _status(man)["00003"] == "corrupt" and "00003" not in gta5(root).ids
+    (root / "labels" / "00003.png").write_bytes(good)  # the user restores the file
+    with pytest.raises(DataError, match=r"no longer matches GTA5 train .*labels/00003.png changed"):
+        gta5(root)
+    real, calls = prep.process_chunk, []
+    monkeypatch.setattr(prep, "process_chunk", lambda chunk, *a: calls.append(
+        [i.id for i in chunk[1]]) or real(chunk, *a))
+    from rich.console import Console
+
+    man = prepare_dataset("gta5", root, opts=PrepareOptions(chunk_size=1), console=Console())
+    assert calls == [["00003"]]  # only the changed pair was checked again
+    assert "up to date" not in capsys.readouterr().out
+    assert _status(man)["00003"] == "ok" and "00003" in gta5(root).ids
+
+
+def _touch(root, rel):
+    st = (root / rel).stat()
+    os.utime(root / rel, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def _rewrite_same_size(root, rel):
+    data = bytearray((root / rel).read_bytes())
+    (root / rel).write_bytes(bytes(data))  # same bytes, new mtime
+
+
+CHANGES = {  # what happens -> (how, the file the message names, the ids checked again)
+    "image touched": (lambda r: _touch(r, "images/00002.png"), "images/00002.png changed", ["00002"]),
+    "label rewritten": (lambda r: _rewrite_same_size(r, "labels/00005.png"),
+                        "labels/00005.png changed", ["00005"]),
+    "image added": (lambda r: [shutil.copy(r / f / "00001.png", r / f / "00009.png")
+                               for f in ("images", "labels")], "images/00009.png added", ["00009"]),
+    "pair removed": (lambda r: [(r / f / "00004.png").unlink() for f in ("images", "labels")],
+                     "images/00004.png removed", []),
+    "label removed": (lambda r: (r / "labels" / "00006.png").unlink(),
+                      "label labels/00006.png removed", ["00006"]),
+    "label became a link loop": (lambda r: ((r / "labels" / "00006.png").unlink(),
+                                            (r / "labels" / "00006.png").symlink_to("00006.png")),
+                                 "labels/00006.png is now unusable", ["00006"]),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_every_kind_of_change_makes_the_manifest_stale_until_prepare(tiny_gta5, copy_tree,
+                                                                     monkeypatch, change):
+    root = copy_tree(tiny_gta5)
+    prepare_dataset("gta5", root, opts=PrepareOptions(chunk_size=1))
+    how, named, rechecked = CHANGES[change]
+    how(root)
+    with pytest.raises(DataError) as err:
+        gta5(root)
+    assert named in str(err.value) and "\n" not in str(err.value)
+    real, calls = prep.process_chunk, []
+    monkeypatch.setattr(prep, "process_chunk", lambda chunk, *a: calls.extend(
+        i.id for i in chunk[1]) or real(chunk, *a))
+    man = prepare_dataset("gta5", root, opts=PrepareOptions(chunk_size=1))
+    assert calls == rechecked
+    assert gta5(root).ids == [e.id for e in man.entries if e.status in ("ok", "resized_label")]
+    reference = prepare_dataset("gta5", root, root / "fresh", PrepareOptions(chunk_size=1))
+    key = lambda m: sorted((e.id, e.status, e.image, e.label, e.image_stat, e.label_stat,  # noqa: E731
+                            e.class_counts) for e in m.entries)
+    assert key(man) == key(reference)  # the update equals a prepare from scratch
+
+
+def test_checksum_and_force(tiny_gta5, copy_tree, monkeypatch, png):
+    import hashlib
+
+    root = copy_tree(tiny_gta5)
+    man = prepare_dataset("gta5", root, opts=PrepareOptions(checksum=True))
+    assert man.checksums
+    for e in man.entries:
+        assert e.label_sha256 == hashlib.sha256((root / e.label).read_bytes()).hexdigest()
+    # A change that keeps size and modification time: only --checksum can see it.
+    path = root / "labels" / "00002.png"
+    st = path.stat()
+    png.palette(root / "new.png", np.full((32, 64), 26))  # every pixel a car
+    new = (root / "new.png").read_bytes()
+    (root / "new.png").unlink()
+    pad = st.st_size - len(new) - 12  # a private ancillary chunk restores the old size
+    assert pad >= 0
+    chunk = struct.pack(">I", pad) + b"prVt" + b"x" * pad + struct.pack(">I", zlib.crc32(
+        b"prVt" + b"x" * pad))
+    iend = new.rindex(b"IEND") - 4
+    path.write_bytes(new[:iend] + chunk + new[iend:])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    assert prepare_dataset("gta5", root).entries[1].class_counts == man.entries[1].class_counts
+    checked = prepare_dataset("gta5", root, opts=PrepareOptions(checksum=True))
+    assert checked.entries[1].class_counts[13] == 64 * 32  # the new content
+    assert checked.entries[1].label_sha256 != man.entries[1].label_sha256
+    real, calls = prep.process_chunk, []
+    monkeypatch.setattr(prep, "process_chunk", lambda chunk, *a: calls.append(chunk[0]) or
+                        real(chunk, *a))
+    prepare_dataset("gta5", root)
+    assert calls == []  # up to date
+    prepare_dataset("gta5", root, force=True)
+    assert calls == [0]  # everything again
+    result = CliRunner().invoke(data, ["prepare", "gta5", "--root", str(root), "--force",
+                                       "--checksum", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert Manifest.load(default_manifest_path(root)).checksums
+
+
+def test_a_manifest_written_elsewhere_is_used_through_the_environment(tiny_gta5, copy_tree,
+                                                                      monkeypatch, png):
+    from udabench.data.manifest import configure_manifests
+
+    root = copy_tree(tiny_gta5)
+    png.truncate(root / "images" / "00004.png")  # prepare records it; runs must skip it
+    out = root.parent / "elsewhere"
+    result = CliRunner().invoke(data, ["prepare", "gta5", "--root", str(root), "--out", str(out),
+                                       "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "UDABENCH_MANIFEST_GTA5=" in result.output
+    assert not (root / "udabench_prepared").exists()  # the dataset folder is left as it was
+    with pytest.raises(DataError, match="00004.png"):  # without the manifest: no way around it
+        [gta5(root)[i] for i in range(6)]
+    monkeypatch.setenv("UDABENCH_MANIFEST_GTA5", str(out / "manifest.json"))
+    ds = gta5(root)
+    assert ds.manifest_path == out / "manifest.json" and "00004" not in ds.ids and len(ds) == 5
+    monkeypatch.setenv("UDABENCH_MANIFEST_GTA5", str(out))  # the folder works too
+    assert gta5(root).manifest_path == out / "manifest.json"
+    other = copy_tree(tiny_gta5)
+    with pytest.raises(DataError, match=r"UDABENCH_MANIFEST_GTA5 points at .* the manifest of "
+                                        r".*, not of this GTA5 folder") as err:
+        gta5(other)
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("UDABENCH_MANIFEST_GTA5", str(out / "nope.json"))
+    with pytest.raises(DataError, match=r"nope.json, which does not exist; write it with "
+                                        r"`udabench data prepare gta5"):
+        gta5(root)
+    monkeypatch.delenv("UDABENCH_MANIFEST_GTA5")
+    try:
+        configure_manifests({"gta5": out / "manifest.json"})
+        assert gta5(root).manifest_path == out / "manifest.json"
+        assert gta5(root, manifest=None).manifest_path is None  # explicit beats configured
+    finally:
+        configure_manifests({})
+    with pytest.raises(DataError, match="unknown dataset 'gta6'"):
+        configure_manifests({"gta6": out})

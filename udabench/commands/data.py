@@ -1,4 +1,4 @@
-"""`udabench data verify|prepare <dataset>`: check a dataset on disk, and prepare its manifest."""
+"""`udabench data verify|prepare|list`: check a dataset on disk, prepare its manifest, list datasets."""
 from __future__ import annotations
 
 import os
@@ -6,11 +6,15 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from udabench.data.layouts import layout
+from udabench.data.manifest import env_var
+from udabench.data.registry import dataset_names, get_dataset
 from udabench.data.prepare import PrepareOptions, parse_size, prepare_dataset
-from udabench.data.verify import default_workers, verify_dataset
+from udabench.data.parallel import default_workers
+from udabench.data.verify import verify_dataset
 
 
 def default_data_root() -> Path:
@@ -50,28 +54,36 @@ def verify(dataset: str, root: Path | None, quick: bool, workers: int | None) ->
                             workers=workers or default_workers(), console=console)
     console.print(report.table())
     report.raise_if_failed()
-    console.print(f"[green]{layout(dataset).title} at {report.root} passed verification",
-                  soft_wrap=True)
+    warnings = len(report.problems)
+    console.print(f"[green]{layout(dataset).title} at {escape(str(report.root))} passed "
+                  f"verification[/]" + (f" with {warnings} warning(s) (see the table)" if warnings
+                                        else ""), soft_wrap=True)
 
 
 @data.command("prepare")
 @_dataset_arg
 @_root_opt
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Where the manifest and cache go (default: <root>/udabench_prepared).")
+              help="Where the manifest and cache go (default: <root>/udabench_prepared); point "
+                   "runs at it with $UDABENCH_MANIFEST_<DATASET> when it is elsewhere.")
 @click.option("--on-mismatch", type=click.Choice(["resize", "drop"]), default="resize",
-              show_default=True, help="Image/label size mismatch: resize the label (nearest) or drop.")
+              show_default=True, help="Training image/label size mismatch: resize the label "
+                                      "(nearest) or drop the pair (validation labels keep their size).")
 @click.option("--cache-size", default=None, metavar="WxH",
               help="Also write a resized training cache, e.g. 1280x720.")
+@click.option("--checksum", is_flag=True,
+              help="Re-read every file and record its sha256 (catches changes that keep the size "
+                   "and modification time).")
+@click.option("--force", is_flag=True, help="Check every file again, whatever the old manifest says.")
 @_workers_opt
 def prepare(dataset: str, root: Path | None, out: Path | None, on_mismatch: str,
-            cache_size: str | None, workers: int | None) -> None:
+            cache_size: str | None, checksum: bool, force: bool, workers: int | None) -> None:
     """Write the manifest of DATASET (pairs, sizes, defects, class pixel counts); resumable."""
     console = Console()
     opts = PrepareOptions(on_mismatch=on_mismatch,  # type: ignore[arg-type]
                           cache_size=parse_size(cache_size) if cache_size else None,
-                          workers=workers or default_workers())
-    manifest = prepare_dataset(dataset, _root(dataset, root), out, opts, console)
+                          workers=workers or default_workers(), checksum=checksum)
+    manifest = prepare_dataset(dataset, _root(dataset, root), out, opts, console, force=force)
     table = Table(title=f"udabench data prepare: {layout(dataset).title}", title_justify="left")
     table.add_column("status")
     table.add_column("pairs", justify="right")
@@ -79,7 +91,29 @@ def prepare(dataset: str, root: Path | None, out: Path | None, on_mismatch: str,
         style = "green" if status in ("ok", "resized_label") else ("red" if n else "dim")
         table.add_row(f"[{style}]{status}", str(n))
     console.print(table)
+    void = [e for e in manifest.entries if e.class_counts is not None and not any(e.class_counts)]
+    if void:
+        console.print(f"[yellow]{len(void)} labels have no valid pixel (all void), e.g. "
+                      f"{escape(str(void[0].label))}; `udabench data verify` lists them",
+                      soft_wrap=True)
     where = Path(out) if out is not None else Path(manifest.root) / "udabench_prepared"
-    console.print(f"manifest: {where / 'manifest.json'}"
+    console.print(escape(f"manifest: {where / 'manifest.json'}")
                   + (f"; cache {opts.cache_size[0]}x{opts.cache_size[1]} under {where / 'cache'}"
                      if opts.cache_size else ""), soft_wrap=True)
+    if out is not None:
+        console.print(f"runs use it with {env_var(layout(dataset).name)}="
+                      f"{escape(str((where / 'manifest.json').resolve()))}", soft_wrap=True)
+
+
+@data.command("list")
+def list_datasets() -> None:
+    """The registered datasets: name, folder below the data root, layout and where to get them."""
+    console = Console()
+    table = Table(title="udabench datasets", title_justify="left")
+    for column in ("name", "dataset", "splits", "expected layout (below its folder)"):
+        table.add_column(column, overflow="fold")
+    for name in dataset_names():
+        spec = get_dataset(name)
+        table.add_row(name, f"{spec.title} ({spec.url})", ", ".join(spec.splits),
+                      escape(spec.tree(Path(f"<data_root>/{spec.subdir}"))))
+    console.print(table)

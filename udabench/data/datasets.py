@@ -16,7 +16,8 @@ from torchvision.io import ImageReadMode
 
 from udabench.data import layouts
 from udabench.data.layouts import Pair
-from udabench.data.manifest import MISSING_LABEL, USABLE, Manifest, cache_dir, default_manifest_path
+from udabench.data.freshness import require_fresh
+from udabench.data.manifest import MISSING_LABEL, USABLE, Manifest, cache_dir, locate_manifest
 from udabench.data.pngio import read_png, read_rgb
 from udabench.data.registry import get_dataset
 from udabench.data.spec import DatasetSpec, LabelEncodingError, LabelRangeError  # noqa: F401
@@ -50,9 +51,11 @@ def sample_seed(*parts: object) -> int:
 class SegmentationDataset(torch.utils.data.Dataset):
     """One split of one dataset kind. ``with_labels=False`` serves images only (target train).
 
-    ``manifest``: "auto" uses ``<root>/udabench_prepared/manifest.json`` when present, a path uses
-    that file, None scans the folders. ``cache_size`` (W, H) reads the resized cache that prepare
-    wrote at that size, when the manifest has one.
+    ``manifest``: "auto" finds it (``udabench.data.manifest.locate_manifest``: an environment
+    variable, the configured location, or ``<root>/udabench_prepared/manifest.json`` when present),
+    a path uses that file, None scans the folders. A manifest that no longer matches the files on
+    disk is refused. ``cache_size`` (W, H) reads the resized cache that prepare wrote at that size,
+    when the manifest has one. ``manifest_path`` says which manifest was used (None: none).
     """
 
     supports_aug_seed = True  # InfiniteLoader passes (index, aug_seed) keys
@@ -68,10 +71,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.manifest: Manifest | None = None
         layouts.check_root(self.spec, self.root)
         self.spec.check_split(split)
-        path = default_manifest_path(self.root) if manifest == "auto" else manifest
-        if path is not None and (manifest != "auto" or Path(path).is_file()):
-            self.manifest = Manifest.load(Path(path))
-            self.pairs = self._pairs_from_manifest(self.manifest, cache_size, Path(path).parent)
+        self.manifest_path = locate_manifest(self.kind, self.spec.title, self.root, manifest)
+        if self.manifest_path is not None:
+            self.manifest = Manifest.load(self.manifest_path)
+            if self.manifest.kind != self.kind:
+                raise DataError(f"manifest {self.manifest_path} is for '{self.manifest.kind}', "
+                                f"not '{self.kind}'")
+            require_fresh(self.manifest, self.manifest_path, self.spec, self.root, split,
+                          with_labels)
+            self.pairs = self._pairs_from_manifest(self.manifest, cache_size,
+                                                   self.manifest_path.parent)
         else:
             found = layouts.scan(self.spec, self.root, split, with_labels)
             layouts.require_complete(found)
@@ -81,8 +90,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _pairs_from_manifest(self, man: Manifest, cache_size: tuple[int, int] | None,
                              out_dir: Path) -> list[Pair]:
-        if man.kind != self.kind:
-            raise DataError(f"manifest in {out_dir} is for '{man.kind}', not '{self.kind}'")
         ok = USABLE if self.with_labels else USABLE + (MISSING_LABEL,)
         entries = [e for e in man.entries if e.split == self.split and e.status in ok and e.image_ok]
         use_cache = cache_size is not None and man.cache_size == tuple(cache_size)

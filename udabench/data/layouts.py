@@ -126,7 +126,7 @@ def _missing_folder(spec: DatasetSpec, root: Path, path: Path) -> DataError:
                      f"{spec.where_to_get(root)}")
 
 
-def _base(pattern: FilePattern, root: Path, split: str) -> Path:
+def base_folder(pattern: FilePattern, root: Path, split: str) -> Path:
     """The deepest folder of a pattern that has no wildcard above it (for messages)."""
     out = Path(root)
     for folder in pattern.folders:
@@ -175,7 +175,7 @@ def find_files(spec: DatasetSpec, root: Path, pattern: FilePattern, split: str,
             if not matches(entry.name):
                 continue
             kind, why = _kind_of(entry)
-            why = odd_name(entry.name) or (why if kind != "file" else "")
+            why = odd_name(entry.name) or {"file": "", "dir": "is a folder, not a file"}.get(kind, why)
             if why:
                 problems.append((Path(entry.path), why))
                 continue
@@ -194,7 +194,7 @@ def find_files(spec: DatasetSpec, root: Path, pattern: FilePattern, split: str,
 
 def _empty(spec: DatasetSpec, root: Path, pattern: FilePattern, split: str,
            problems: list[tuple[Path, str]]) -> DataError:
-    folder = _base(pattern, root, split)
+    folder = base_folder(pattern, root, split)
     unusable = [p for p, _ in problems if str(p).startswith(str(folder))]
     if unusable:
         why = dict(problems)[unusable[0]]

@@ -1,9 +1,14 @@
 """`udabench data prepare`: one pass over a dataset that writes the manifest (pairs, sizes, defect
-handling, per-class pixel counts) and optionally a resized cache at the training resolution.
+handling, per-class pixel counts, each file's size and modification time) and optionally a resized
+cache at the training resolution.
 
-Work is cut into chunks whose results are saved atomically under ``parts/<fingerprint>/``, so an
-interrupted run resumes where it stopped; the fingerprint covers the file list and the options,
-so a changed dataset or option starts afresh instead of mixing results.
+Incremental: a file whose size and modification time are those recorded keeps its entry; only new
+or changed files are checked again (a replaced corrupt label is re-checked, and prepare never calls
+a manifest "up to date" while a file differs from it). ``force`` re-checks everything; ``checksum``
+re-reads everything and records each file's sha256. Work is cut into chunks whose results are
+saved atomically under ``parts/<fingerprint>/``, so an interrupted run resumes where it stopped;
+the fingerprint covers the file list, the file stats and the options, so a changed dataset or
+option starts afresh instead of mixing results.
 """
 from __future__ import annotations
 
@@ -19,31 +24,37 @@ from rich.console import Console
 from torchvision.io import ImageReadMode
 
 from udabench.data import layouts
+from udabench.data.manifest import (CORRUPT, DROPPED, MISSING_LABEL, ORPHAN_LABEL, OK, OUT_OF_RANGE,
+                                    RESIZED, UNUSABLE, USABLE, WRONG_ENCODING, Entry, Manifest, Stat,
+                                    cache_dir, entry_from_dict, file_stat, prepared_dir)
+from udabench.data.parallel import parallel_map, progress_bar
+from udabench.data.pngio import CorruptPNGError, atomic_write_bytes, check_png, read_png, write_png
 from udabench.data.registry import get_dataset
 from udabench.data.spec import DatasetSpec, LabelEncodingError, LabelRangeError
-from udabench.data.manifest import (CORRUPT, DROPPED, MISSING_LABEL, ORPHAN_LABEL, OK, OUT_OF_RANGE,
-                                    RESIZED, USABLE, WRONG_ENCODING, Entry, Manifest, cache_dir,
-                                    entry_from_dict, prepared_dir)
-from udabench.data.pngio import CorruptPNGError, atomic_write_bytes, check_png, read_png, write_png
 from udabench.data.transforms import resize_image, resize_label
-from udabench.data.verify import parallel_map, progress_bar
 from udabench.errors import DataError, UserError
 from udabench.taxonomy import NUM_CLASSES
 
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    on_mismatch: Literal["resize", "drop"] = "resize"  # image/label size mismatch
+    on_mismatch: Literal["resize", "drop"] = "resize"  # training image/label size mismatch
     cache_size: tuple[int, int] | None = None  # (W, H) of the resized training cache; None = none
     interpolation: str = "bilinear"  # for cached images (labels always nearest)
     chunk_size: int = 64  # pairs per saved partial result
     workers: int = 1
+    checksum: bool = False  # re-read every file and record its sha256
 
     def __post_init__(self) -> None:
         if self.on_mismatch not in ("resize", "drop"):
             raise UserError(f"--on-mismatch must be resize or drop, got '{self.on_mismatch}'")
         if self.cache_size is not None and min(self.cache_size) < 1:
             raise UserError(f"cache size {self.cache_size} must be positive (W, H)")
+
+    def result_options(self) -> dict[str, Any]:
+        """The options that change entries (not how the work is done)."""
+        return {"on_mismatch": self.on_mismatch, "cache_size": self.cache_size,
+                "interpolation": self.interpolation}
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class Item:
     image: str
     label: str | None
     expected_label: str | None = None  # where the missing label should be
+    image_stat: Stat | None = None
+    label_stat: Stat | None = None
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -63,14 +76,45 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _check_label(spec: DatasetSpec, entry: Entry, path: Path) -> torch.Tensor | None:
+    """Decode the label into trainIds; a problem becomes the entry's status and detail."""
+    try:
+        ids = spec.label_ids(read_png(path, ImageReadMode.UNCHANGED, strict=True), path)
+    except DataError as exc:  # corrupt or unreadable unless it is an encoding/range problem
+        status = (WRONG_ENCODING if isinstance(exc, LabelEncodingError) else
+                  OUT_OF_RANGE if isinstance(exc, LabelRangeError) else CORRUPT)
+        if entry.status == OK:
+            entry.status, entry.detail = status, str(exc)
+        else:
+            entry.detail += f"; {exc}"
+        return None
+    entry.label_size = (ids.shape[1], ids.shape[0])
+    unknown = spec.unknown_id_pixels(ids)
+    if unknown:
+        entry.detail = f"{unknown} pixels hold ids above {spec.max_label_value}, read as ignore"
+    return spec.map_ids(ids)
+
+
 def process_item(kind: str | DatasetSpec, root: Path, item: Item, opts: PrepareOptions,
                  cache_base: Path | None) -> Entry:
     """Inspect one pair; decide its status; count classes; write its cache files."""
     spec = get_dataset(kind)
     unlabelled_split = item.split in spec.unlabelled_splits
-    entry = Entry(item.id, item.split, item.image, item.label, OK)
+    scored_split = item.split in spec.eval_splits
+    entry = Entry(item.id, item.split, item.image, item.label, OK,
+                  image_stat=item.image_stat, label_stat=item.label_stat)
+    if opts.checksum:
+        entry.image_sha256 = _sha256(root / item.image)
+        entry.label_sha256 = _sha256(root / item.label) if item.label else None
     image = None
-    caching = cache_base is not None and item.split == "train"
+    caching = cache_base is not None and not scored_split
     try:
         if caching:
             image = read_png(root / item.image, ImageReadMode.RGB, strict=True)
@@ -78,7 +122,7 @@ def process_item(kind: str | DatasetSpec, root: Path, item: Item, opts: PrepareO
         else:  # the strict walk inflates the data once, which is all a check needs
             info = check_png((root / item.image).read_bytes(), root / item.image, strict=True)
             entry.image_size = (info.width, info.height)
-    except CorruptPNGError as exc:
+    except DataError as exc:
         entry.status, entry.image_ok, entry.detail = CORRUPT, False, str(exc)
     except OSError as exc:
         entry.status, entry.image_ok = CORRUPT, False
@@ -88,22 +132,13 @@ def process_item(kind: str | DatasetSpec, root: Path, item: Item, opts: PrepareO
         if entry.image_ok:
             entry.status, entry.detail = MISSING_LABEL, f"label {item.expected_label} not found"
     else:
-        path = root / item.label
-        try:
-            ids = spec.label_ids(read_png(path, ImageReadMode.UNCHANGED, strict=True), path)
-            entry.label_size = (ids.shape[1], ids.shape[0])
-            label = spec.map_ids(ids)
-        except DataError as exc:  # corrupt or unreadable unless it is an encoding/range problem
-            status = (WRONG_ENCODING if isinstance(exc, LabelEncodingError) else
-                      OUT_OF_RANGE if isinstance(exc, LabelRangeError) else CORRUPT)
-            if entry.status == OK:
-                entry.status, entry.detail = status, str(exc)
-            else:
-                entry.detail += f"; {exc}"
+        label = _check_label(spec, entry, root / item.label)
     if entry.image_ok and label is not None and entry.label_size != entry.image_size:
-        if opts.on_mismatch == "drop":
-            entry.status = DROPPED
-            entry.detail = f"label {entry.label_size} differs from image {entry.image_size}"
+        mismatch = f"label {entry.label_size} differs from image {entry.image_size}"
+        if scored_split:  # scored at the label's own size: nothing to repair
+            entry.detail = f"{mismatch}; scored at the label's size"
+        elif opts.on_mismatch == "drop":
+            entry.status, entry.detail = DROPPED, mismatch
         else:
             entry.status = RESIZED
             entry.detail = (f"label {entry.label_size} resized to {entry.image_size} "
@@ -114,19 +149,21 @@ def process_item(kind: str | DatasetSpec, root: Path, item: Item, opts: PrepareO
     if label is not None and entry.status in USABLE and not unlabelled_split:
         valid = label[label < NUM_CLASSES].to(torch.int64)
         entry.class_counts = torch.bincount(valid, minlength=NUM_CLASSES).tolist()
+        if not valid.numel():
+            entry.detail = "; ".join(filter(None, [entry.detail, "no valid pixel (all void)"]))
     if caching and image is not None and (entry.status in USABLE or unlabelled_split):
         w, h = opts.cache_size  # type: ignore[misc]
-        write_png(cache_base / item.split / "images" / f"{item.id}.png",
+        write_png(cache_base / item.split / "images" / f"{item.id}.png",  # type: ignore[operator]
                   resize_image(image, (h, w), opts.interpolation))
         if label is not None and entry.status in USABLE:
-            write_png(cache_base / item.split / "labels" / f"{item.id}.png",
+            write_png(cache_base / item.split / "labels" / f"{item.id}.png",  # type: ignore[operator]
                       resize_label(label, (h, w)))
         entry.cached = True
     return entry
 
 
-def process_chunk(args: tuple[int, list[Item]], kind: str, root: Path, opts: PrepareOptions,
-                  cache_base: Path | None, parts: Path) -> int:
+def process_chunk(args: tuple[int, list[Item]], kind: str | DatasetSpec, root: Path,
+                  opts: PrepareOptions, cache_base: Path | None, parts: Path) -> int:
     """Process one chunk and save its entries atomically; returns the number of items."""
     index, items = args
     entries = [asdict(process_item(kind, root, it, opts, cache_base)) for it in items]
@@ -134,9 +171,10 @@ def process_chunk(args: tuple[int, list[Item]], kind: str, root: Path, opts: Pre
     return len(items)
 
 
-def _fingerprint(kind: str, items: list[Item], opts: PrepareOptions) -> str:
-    blob = json.dumps({"kind": kind, "opts": asdict(opts) | {"workers": None},
-                       "items": [asdict(i) for i in items]}, sort_keys=True)
+def _fingerprint(kind: str, items: list[Item], others: list[Entry], opts: PrepareOptions) -> str:
+    blob = json.dumps({"kind": kind, "opts": opts.result_options(), "chunk": opts.chunk_size,
+                       "checksum": opts.checksum, "items": [asdict(i) for i in items],
+                       "others": [asdict(e) for e in others]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -144,61 +182,109 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def prepare_dataset(kind: str, root: Path, out_dir: Path | None = None,
-                    opts: PrepareOptions = PrepareOptions(), console: Console | None = None
-                    ) -> Manifest:
-    """Run (or resume) prepare and write ``<out_dir>/manifest.json``; returns the manifest."""
+def _items(spec: DatasetSpec, root: Path) -> tuple[list[Item], list[Entry]]:
+    """Every pair to check (with file stats), and the entries no check is needed for (labels
+    without an image, unusable entries)."""
+    items: list[Item] = []
+    others: list[Entry] = []
+    for split in spec.splits:
+        image_base = layouts.base_folder(spec.images, root, split)
+        label_base = layouts.base_folder(spec.labels, root, split)
+        s = layouts.scan(spec, root, split, with_labels=True)
+        for pairs, has_label in ((s.pairs, True), (s.unlabelled, False)):
+            for p in pairs:
+                label = _rel(p.label, root)  # type: ignore[arg-type]
+                items.append(Item(split, p.id, _rel(p.image, root), label if has_label else None,
+                                  None if has_label else label, file_stat(p.image),
+                                  file_stat(p.label) if has_label else None))  # type: ignore[arg-type]
+        others += [Entry(Path(p).name[:-4], split, None, _rel(p, root), ORPHAN_LABEL,
+                         detail="label without an image", label_stat=file_stat(p))
+                   for p in s.orphan_labels]
+        for path, why in s.problems:
+            rel = layouts.shown(_rel(path, root))
+            is_image = path.is_relative_to(image_base) and not (
+                path.is_relative_to(label_base) and len(label_base.parts) > len(image_base.parts))
+            others.append(Entry(layouts.shown(path.name), split, rel if is_image else None,
+                                None if is_image else rel, UNUSABLE, detail=why))
+    items.sort(key=lambda it: (it.split, it.id))
+    return items, others
+
+
+def _reusable(old: Manifest | None, opts: PrepareOptions) -> dict[tuple[str, str], Entry]:
+    """Entries of the previous manifest that are valid for these options, by (split, id)."""
+    if old is None or opts.checksum or (old.on_mismatch, old.cache_size, old.interpolation) != (
+            opts.on_mismatch, opts.cache_size, opts.interpolation):
+        return {}
+    return {(e.split, e.id): e for e in old.entries if e.status not in (ORPHAN_LABEL, UNUSABLE)}
+
+
+def _same_files(entry: Entry, item: Item) -> bool:
+    return (entry.image, entry.label, entry.image_stat, entry.label_stat) == \
+        (item.image, item.label, item.image_stat, item.label_stat)
+
+
+def _load_previous(path: Path) -> Manifest | None:
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.load(path)
+    except UserError:
+        return None  # unreadable or an old version: rebuilt
+
+
+def prepare_dataset(kind: str | DatasetSpec, root: Path, out_dir: Path | None = None,
+                    opts: PrepareOptions = PrepareOptions(), console: Console | None = None,
+                    force: bool = False) -> Manifest:
+    """Run (or resume, or update) prepare and write ``<out_dir>/manifest.json``."""
     spec = get_dataset(kind)
     root = Path(root).resolve()
     layouts.check_root(spec, root)
     out_dir = Path(out_dir) if out_dir is not None else prepared_dir(root)
-    scans = [layouts.scan(spec, root, split, with_labels=True) for split in spec.splits]
-    items: list[Item] = []
-    for s in scans:
-        for pairs, has_label in ((s.pairs, True), (s.unlabelled, False)):
-            for p in pairs:
-                label = _rel(p.label, root)  # type: ignore[arg-type]
-                items.append(Item(s.split, p.id, _rel(p.image, root), label if has_label else None,
-                                  None if has_label else label))
-    items.sort(key=lambda it: (it.split, it.id))
-    orphans = [Entry(Path(p).stem, s.split, None, _rel(p, root), ORPHAN_LABEL,
-                     detail="label without an image") for s in scans for p in s.orphan_labels]
-    fingerprint = _fingerprint(kind, items, opts)
+    items, others = _items(spec, root)
+    fingerprint = _fingerprint(spec.name, items, others, opts)
     manifest_path = out_dir / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            old = Manifest.load(manifest_path)
-            if old.fingerprint == fingerprint:
-                if console is not None:
-                    console.print(f"{manifest_path} is up to date")
-                return old
-        except UserError:
-            pass  # unreadable or old version: rebuild it
+    old = None if force else _load_previous(manifest_path)
+    if old is not None and old.fingerprint == fingerprint and not opts.checksum:
+        if console is not None:
+            console.print(f"{manifest_path} is up to date")
+        return old
+    previous = _reusable(old, opts)
+    done: dict[int, Entry] = {}
+    for i, item in enumerate(items):
+        entry = previous.get((item.split, item.id))
+        if entry is not None and _same_files(entry, item):
+            done[i] = entry
+    todo_items = [it for i, it in enumerate(items) if i not in done]
     parts = out_dir / "parts" / fingerprint
     parts.mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "parts").iterdir():  # results of other file lists or options
         if stale.name != fingerprint:
             shutil.rmtree(stale, ignore_errors=True)
     cache_base = cache_dir(out_dir, opts.cache_size) if opts.cache_size else None
-    chunks = [(i, items[i * opts.chunk_size: (i + 1) * opts.chunk_size])
-              for i in range((len(items) + opts.chunk_size - 1) // opts.chunk_size)]
+    size = opts.chunk_size
+    chunks = [(i, todo_items[i * size: (i + 1) * size])
+              for i in range((len(todo_items) + size - 1) // size)]
     todo = [c for c in chunks if not (parts / f"chunk_{c[0]:06d}.json").is_file()]
     with progress_bar(console) as bar:
-        title = spec.title
         resumed = f" (resuming, {len(chunks) - len(todo)} of {len(chunks)} chunks done)" \
             if len(todo) < len(chunks) else ""
-        task = bar.add_task(f"preparing {title}{resumed}", total=len(items),
-                            completed=len(items) - sum(len(c[1]) for c in todo))
+        kept = f", {len(done)} unchanged" if done else ""
+        task = bar.add_task(f"preparing {spec.title}{resumed}{kept}", total=len(todo_items),
+                            completed=len(todo_items) - sum(len(c[1]) for c in todo))
         parallel_map(_run_chunk, todo, opts.workers, lambda n: bar.advance(task, n),
-                     kind, root, opts, cache_base, parts)
-    entries: list[Entry] = []
+                     spec, root, opts, cache_base, parts)
+    fresh: list[Entry] = []
     for index, _ in chunks:
-        entries += [entry_from_dict(d)
-                    for d in json.loads((parts / f"chunk_{index:06d}.json").read_text())]
-    manifest = Manifest(kind, str(root), opts.on_mismatch, opts.cache_size, entries + orphans,
-                        fingerprint)
+        fresh += [entry_from_dict(d)
+                  for d in json.loads((parts / f"chunk_{index:06d}.json").read_text())]
+    fresh_iter = iter(fresh)
+    entries = [done[i] if i in done else next(fresh_iter) for i in range(len(items))]
+    manifest = Manifest(spec.name, str(root), opts.on_mismatch, opts.cache_size, entries + others,
+                        fingerprint, checksums=opts.checksum, interpolation=opts.interpolation)
     manifest.save(manifest_path)
     shutil.rmtree(out_dir / "parts", ignore_errors=True)
+    if console is not None and old is not None and done:
+        console.print(f"{len(todo_items)} new or changed pairs checked, {len(done)} unchanged")
     return manifest
 
 
