@@ -117,3 +117,120 @@ def test_workers_give_the_same_report(tiny_gta5, copy_tree, png):
     a, b = verify_dataset("gta5", root, workers=1), verify_dataset("gta5", root, workers=2)
     assert [(p.category, p.path) for p in a.problems] == [(p.category, p.path) for p in b.problems]
     assert a.image_sizes == b.image_sizes
+
+
+# -- labels that decode but cannot be right --------------------------------------------------------
+from udabench.taxonomy import CLASSES, LABEL_ID_COLORS, LABEL_ID_TO_TRAIN_ID  # noqa: E402
+
+VOID_LABEL_IDS = [i for i in range(34) if LABEL_ID_TO_TRAIN_ID[i] == 255]  # 0..6, 9, 10, ...
+SYNTHIA_VOID_IDS = [0, 13, 14, 22]  # in SYNTHIA's table, but not classes
+
+
+def _void_label(kind: str, rng, how: str) -> np.ndarray:
+    ids = VOID_LABEL_IDS if kind != "synthia" else SYNTHIA_VOID_IDS
+    if how == "zero":
+        return np.zeros((32, 64), np.uint16)
+    if how == "one void id":
+        return np.full((32, 64), ids[-1], np.uint16)
+    return rng.choice(ids, (32, 64)).astype(np.uint16)  # a mix of void ids
+
+
+def _write_label(kind: str, root, index: int, ids: np.ndarray, png) -> object:
+    if kind == "gta5":
+        path = root / "labels" / f"{index + 1:05d}.png"
+        png.palette(path, ids)
+    elif kind == "synthia":
+        path = root / "GT" / "LABELS" / f"{index:07d}.png"
+        png.rgb16(path, np.stack([ids, np.zeros_like(ids), np.zeros_like(ids)], -1))
+    else:
+        path = sorted((root / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[index]
+        png.u8(path, ids)
+    return path
+
+
+@pytest.mark.parametrize("how", ["zero", "one void id", "mix"])
+@pytest.mark.parametrize("kind", ["gta5", "synthia", "cityscapes"])
+def test_labels_with_no_valid_pixel_are_warned_about(kind, how, tiny_gta5, tiny_synthia,
+                                                     tiny_cityscapes, copy_tree, png):
+    root = copy_tree({"gta5": tiny_gta5, "synthia": tiny_synthia, "cityscapes": tiny_cityscapes}[kind])
+    rng = np.random.default_rng(len(how))
+    bad = {_write_label(kind, root, i, _void_label(kind, rng, how), png) for i in (1, 4)}
+    report = verify_dataset(kind, root)
+    assert {p.path for p in report.by_category("no valid pixel")} == bad
+    assert not report.errors  # a warning: the run can still skip them
+    result = _verify(kind, "--root", str(root))
+    assert result.exit_code == 0 and "no valid pixel" in result.output and "WARN" in result.output
+    assert "passed verification with" in result.output
+
+
+@pytest.mark.parametrize("channel", [1, 2])
+def test_synthia_ids_in_the_wrong_channel_are_suspicious(tiny_synthia, copy_tree, png, channel):
+    root = copy_tree(tiny_synthia)
+    label = np.zeros((32, 64, 3), np.uint16)
+    label[..., channel] = np.random.default_rng(channel).choice([1, 2, 3, 8], (32, 64))
+    png.rgb16(root / "GT" / "LABELS" / "0000003.png", label)
+    report = verify_dataset("synthia", root)
+    [problem] = report.by_category("suspicious label")
+    assert problem.path.name == "0000003.png"
+    assert f"the {('green', 'blue')[channel - 1]} channel" in problem.detail
+    assert "wrong channel" in problem.detail
+
+
+def test_synthia_ids_outside_the_table_are_counted_per_file_and_in_total(tiny_synthia, copy_tree,
+                                                                        png):
+    root = copy_tree(tiny_synthia)
+    rng = np.random.default_rng(3)
+    expected = {}
+    for index, n in ((0, 5), (2, 40), (5, 2048)):  # 2048 = every pixel: instance ids in red
+        label = np.zeros((32, 64, 3), np.uint16)
+        label[..., 0] = 3  # road
+        flat = label[..., 0].reshape(-1)
+        flat[rng.choice(flat.size, n, replace=False)] = rng.integers(23, 65536, n)
+        png.rgb16(root / "GT" / "LABELS" / f"{index:07d}.png", label)
+        expected[f"{index:07d}.png"] = n
+    report = verify_dataset("synthia", root)
+    found = {p.path.name: p.detail for p in report.by_category("unknown ids")}
+    assert sorted(found) == sorted(expected)
+    for name, n in expected.items():
+        assert found[name].startswith(f"{n} pixels (")
+    assert report.unknown_pixels == sum(expected.values())
+    suspicious = report.by_category("suspicious label")
+    assert [p.path.name for p in suspicious] == ["0000005.png"] and "instance ids" in \
+        suspicious[0].detail
+    result = _verify("synthia", "--root", str(root))
+    assert result.exit_code == 0 and f"{sum(expected.values())} pixels in all" in result.output
+
+
+def test_gta5_renumbered_palette_is_suspicious(tiny_gta5, copy_tree):
+    """An editor that re-indexes the palette keeps the colours and changes the indices: the
+    indices are no longer labelIds, and the palette says so."""
+    from PIL import Image
+
+    root = copy_tree(tiny_gta5)
+    path = root / "labels" / "00002.png"
+    ids = np.array(Image.open(path))
+    present = np.unique(ids)
+    renumbered = np.searchsorted(present, ids).astype(np.uint8)  # indices 0, 1, 2, ...
+    img = Image.fromarray(renumbered, mode="P")
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(present)] = [LABEL_ID_COLORS.get(int(i), (0, 0, 0)) for i in present]
+    img.putpalette(palette.reshape(-1).tolist())
+    img.save(path)
+    report = verify_dataset("gta5", root)
+    [problem] = report.by_category("suspicious label")
+    assert problem.path == path and "not labelIds" in problem.detail
+    assert not verify_dataset("gta5", copy_tree(tiny_gta5)).by_category("suspicious label")
+
+
+def test_implausible_class_distribution_of_a_split(tiny_gta5, copy_tree, png):
+    root = copy_tree(tiny_gta5)
+    for i in range(4):  # most labels all void: the split is mostly void
+        png.palette(root / "labels" / f"{i + 1:05d}.png", np.zeros((32, 64)))
+    [problem] = verify_dataset("gta5", root).by_category("class distribution")
+    assert "train:" in problem.detail and "void" in problem.detail
+    road = copy_tree(tiny_gta5)
+    for i in range(6):  # every label one class
+        png.palette(road / "labels" / f"{i + 1:05d}.png", np.full((32, 64), CLASSES[0].label_id))
+    [problem] = verify_dataset("gta5", road).by_category("class distribution")
+    assert "'road' covers 100%" in problem.detail
+    assert not verify_dataset("gta5", copy_tree(tiny_gta5)).by_category("class distribution")
