@@ -221,3 +221,71 @@ def test_labels_with_fewer_bits_decode_like_8_bit(tiny_gta5, tiny_cityscapes, co
     for kind, root in (("gta5", gta), ("cityscapes", cs)):
         report = verify_dataset(kind, root)
         assert not report.errors, report.errors
+
+
+def _literal_folders(kind: str) -> list[str]:
+    """Every folder of the layout that has a fixed name, as a path below the root."""
+    from udabench.data import get_dataset
+
+    spec = get_dataset(kind)
+    out = []
+    for pattern in (spec.images, spec.labels):
+        parts = []
+        for folder in pattern.folders:
+            if folder == "*":
+                break
+            parts.append(spec.splits[-1] if folder == "{split}" else folder)
+            out.append("/".join(parts))
+    return sorted(set(out))
+
+
+@pytest.mark.parametrize("kind,missing", [(k, f) for k in ("gta5", "synthia", "cityscapes")
+                                          for f in _literal_folders(k)])
+def test_a_missing_part_is_named_never_renamed_into_another_part(kind, missing, tiny_gta5,
+                                                                 tiny_synthia, tiny_cityscapes,
+                                                                 copy_tree):
+    """Only labels/ extracted: the message says images/ is missing (never "rename labels to
+    images"), names what is there, and where the data comes from."""
+    root = copy_tree({"gta5": tiny_gta5, "synthia": tiny_synthia, "cityscapes": tiny_cityscapes}[kind])
+    shutil.rmtree(root / missing)
+    split = "val" if kind == "cityscapes" else "train"
+    with pytest.raises(DataError) as err:
+        build_dataset(kind, root, split, with_labels=True, manifest=None)
+    msg = str(err.value)
+    assert "\n" not in msg and "rename" not in msg, msg
+    assert f"folder {root / missing} not found" in msg, msg
+    assert "udabench never downloads datasets" in msg
+    siblings = [p.name for p in (root / missing).parent.iterdir() if p.is_dir()]
+    if siblings:
+        assert "but no" in msg and all(s in msg for s in siblings), msg
+
+
+def test_pointing_at_the_data_root_names_the_dataset_folder(tiny_gta5, copy_tree):
+    data = copy_tree(tiny_gta5).parent / "data"
+    data.mkdir()
+    shutil.copytree(tiny_gta5, data / "gta5")
+    with pytest.raises(DataError, match=r"found .*data/gta5/images: is .*data/gta5 the GTA5 folder"):
+        gta5(data, manifest=None)
+
+
+def test_other_image_formats_are_named(tiny_gta5, copy_tree):
+    root = copy_tree(tiny_gta5)
+    for p in (root / "images").iterdir():
+        p.rename(p.with_suffix(".jpg"))
+    with pytest.raises(DataError, match=r"no PNG files in .*images \(it holds 6 other files, e.g. "
+                                        r"00001.jpg; udabench reads PNG"):
+        gta5(root, manifest=None)
+
+
+def test_shipped_settings_name_the_folders_the_code_uses():
+    """udabench.toml's [paths] comments show each dataset's real folder below the data root."""
+    from pathlib import Path
+
+    from udabench.data import dataset_names, get_dataset
+
+    text = (Path(__file__).parents[1] / "udabench.toml").read_text()
+    paths = text[text.index("[paths]"): text.index("[train]")]
+    for name in dataset_names():
+        assert f"<data_root>/{get_dataset(name).subdir}/" in paths
+    for wrong in ("GTA5", "SYNTHIA-RAND-CITYSCAPES/", "<data_root>/SYNTHIA"):
+        assert f"<data_root>/{wrong}" not in paths
