@@ -196,7 +196,7 @@ def test_bad_arguments_give_one_line(tmp_path):
     _one_error_line(_cli("predict", tmp_path), "is not a udabench run directory")
     _one_error_line(_cli("predict", tmp_path / "nope"), "is not a run directory")
     _one_error_line(_cli("plot", tmp_path), "is not a finished run directory")
-    _one_error_line(_cli("plot", "a", "b", "c"), "plot takes one run")
+    _one_error_line(_cli("plot", "a", "b", "c", "--out", tmp_path / "x.jpg"), "charts are PNG, PDF or SVG")
     assert _cli("predict", tmp_path, "--format", "jpeg").exit_code == 2
 
 
@@ -316,3 +316,77 @@ def test_plot_one_run_and_two(trained):
     info = read_png_info(base / "two.png")
     assert (info.width, info.height) == pictures.COMPARE_PIXELS
     _one_error_line(_cli("plot", "source-only", "no-such-method"), "unknown method or run 'no-such-method'")
+
+
+# -- the size rule: a validation label whose size differs from its image ----------------------------
+def _odd_label(path: Path, extra: tuple[int, int] = (6, 10)) -> tuple[int, int]:
+    """Rewrite a labelIds file at a larger size (nearest: the same scene); returns its (H, W)."""
+    from udabench.data.transforms import resize_label
+
+    ids = read_png(path)[0]
+    size = (ids.shape[0] + extra[0], ids.shape[1] + extra[1])
+    write_png(path, resize_label(ids, size))
+    return size
+
+
+def test_eval_predict_and_score_agree_on_an_odd_sized_label(tiny_cityscapes, copy_tree, tmp_path,
+                                                           one_torch_thread):
+    """One rule: the evaluator scores each label at its own size, predict writes at it, score
+    requires it, verify reports the pair; all three give the same matrix."""
+    from types import SimpleNamespace
+
+    from udabench.data import build_dataset
+    from udabench.data.transforms import ResizeImage
+    from udabench.data.verify import verify_dataset
+    from udabench.engine.evaluator import EvalSettings, evaluate
+    from udabench.results.predict import export_predictions
+    from udabench.scoring import score_predictions
+
+    root = copy_tree(tiny_cityscapes)
+    odd = sorted((root / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[2]
+    size = _odd_label(odd)
+    val = build_dataset("cityscapes", root, "val", transform=ResizeImage((16, 32)), manifest=None)
+    stem = odd.name.replace("_gtFine_labelIds.png", "")
+    assert tuple(val[val.ids.index(stem)]["label"].shape) == size  # never resized
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 19, 3, padding=1).eval()
+    settings = EvalSettings((16, 32))
+    evaluated = evaluate(net, val, settings, torch.device("cpu"), progress=False)
+    run = SimpleNamespace(net=net, settings=settings, device=torch.device("cpu"), amp_dtype=None)
+    export_predictions(run, val, list(range(len(val))), tmp_path / "pred", "cityscapes")
+    written = next((tmp_path / "pred").rglob(f"{stem}.png"))
+    assert read_png_info(written).height == size[0] and read_png_info(written).width == size[1]
+    scored = score_predictions(tmp_path / "pred", root, "labelid", workers=1)
+    np.testing.assert_array_equal(scored.matrix[:19, :19], evaluated.matrix)
+    assert scored.matrix[:, 19].sum() == 0
+    [problem] = verify_dataset("cityscapes", root).by_category("size mismatch")
+    assert problem.path == odd and "scored at the label's own size" in problem.detail
+
+
+@pytest.mark.slow
+def test_odd_sized_val_label_through_the_cli(trained):
+    """`udabench eval`, `predict --format cityscapes` and `score` on a MiniCity run whose val set
+    has one label larger than its image agree exactly (runs last: it edits the shared tree)."""
+    base, (run, _), _ = trained
+    odd = sorted((base / "data").rglob("gtFine/val/*/*_gtFine_labelIds.png"))[0]
+    original = odd.read_bytes()
+    try:
+        size = _odd_label(odd)
+        r = _cli("eval", run)
+        assert r.exit_code == 0, r.output
+        record = json.loads(max((run / "evals").glob("*.json")).read_text())
+        out = base / "odd-predictions"
+        assert _cli("predict", run, "--format", "cityscapes", "--out", out).exit_code == 0
+        stem = odd.name.replace("_gtFine_labelIds.png", "")
+        written = next(out.rglob(f"{stem}.png"))
+        assert (read_png_info(written).height, read_png_info(written).width) == size
+        r = _cli("score", out, "--benchmark", "minicity-gta2cs", "--encoding", "labelid",
+                 "--format", "json")
+        assert r.exit_code == 0, r.output
+        scored = json.loads(r.output)
+        assert scored["miou"] == record["miou"]
+        assert all(scored["iou"][n] == record["iou"][n] or (scored["iou"][n] is None and
+                                                            math.isnan(record["iou"][n]))
+                   for n in CLASS_NAMES)
+    finally:
+        odd.write_bytes(original)

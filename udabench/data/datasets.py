@@ -105,6 +105,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
                      self.spec.images.groups_of(e.image))  # type: ignore[arg-type]
                 for e in entries]
 
+    @property
+    def scored_at_label_size(self) -> bool:
+        """The size rule: a scored split (val) served for evaluation keeps each label at its own
+        size - the evaluator upsamples logits to it, predict writes at it, score requires it.
+        Training views get labels resized to their image (nearest)."""
+        return self.split in self.spec.eval_splits and (
+            self.transform is None or getattr(self.transform, "keeps_label_size", False))
+
     def __len__(self) -> int:
         return len(self.pairs)
 
@@ -126,8 +134,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             else:
                 label = self.spec.label_ids(raw, pair.label)
                 label = self.spec.map_ids(label) if map_labels else label
-            if label.shape != image.shape[1:]:
-                # Known GTA5 defect (protocol.md 2): labels a few pixels off; nearest keeps ids valid.
+            if label.shape != image.shape[1:] and not self.scored_at_label_size:
+                # Known GTA5 defect (docs/datasets.md): labels a few pixels off; training needs
+                # them on the image's pixel grid, and nearest keeps ids valid.
                 label = resize_label(label, tuple(image.shape[1:]))
             sample["label"] = label
         return sample

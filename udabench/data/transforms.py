@@ -167,11 +167,13 @@ class TrainTransform:
 
 @dataclass(frozen=True)
 class ResizeImage:
-    """Evaluation: resize the image to the input size (H, W); the label stays at full resolution."""
+    """Evaluation: resize the image to the input size (H, W); the label stays at its own size
+    (the evaluator upsamples logits to it, even when it differs from the image's size)."""
 
     size: tuple[int, int]
     interpolation: str = "bilinear"
     label_pixels_only: ClassVar[bool] = True
+    keeps_label_size: ClassVar[bool] = True  # labels of scored splits are never resized
 
     def __call__(self, sample: dict[str, Any], gen: torch.Generator | None = None) -> dict[str, Any]:
         out = dict(sample)

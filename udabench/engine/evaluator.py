@@ -1,5 +1,9 @@
 """Evaluation at the benchmark's protocol: resize the input, upsample logits to the label size,
-argmax, one streaming confusion matrix (protocol.md section 5)."""
+argmax, one streaming confusion matrix (protocol.md section 5).
+
+The size rule (docs/datasets.md): every prediction is made at its own label's size, whatever the
+image's size, so a validation label whose size differs from its image is scored as it is, never
+resized; ``udabench predict`` writes at that size and ``udabench score`` requires it."""
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +32,7 @@ class EvalSettings:
             "align_corners": self.align_corners,
             "flip": self.flip,
             "scales": list(self.scales),
-            "logits": "upsampled bilinearly to the label resolution",
+            "logits": "upsampled bilinearly to each label's own size",
         }
 
 
