@@ -57,7 +57,7 @@ def test_empty_store_says_how_to_make_a_run(tmp_path):
 
 def test_bad_arguments_are_one_line_errors(out):
     _one_line_error(invoke("compare", "clst", "nope", "--output-dir", out),
-                    "unknown method, run name, config or run 'nope'", "clst, oracle, self-training, source-only")
+                    "unknown method or run 'nope'", "clst, oracle, self-training, source-only")
     _one_line_error(invoke("leaderboard", "--benchmark", "minicity-gta2c", "--output-dir", out),
                     "unknown benchmark 'minicity-gta2c'", "did you mean 'minicity-gta2cs'")
     _one_line_error(invoke("runs", "--benchmark", "nosuch", "--output-dir", out), "unknown benchmark 'nosuch'")

@@ -95,7 +95,7 @@ def test_run_ids_directories_and_refusals(root):
     by_dir = invoke("compare", smoke, "9abc12", "--output-dir", root, "--resamples", 200)
     assert by_dir.exit_code == 0 and "[0.0, 0.0] includes 0" in " ".join(by_dir.stdout.split())
     one_error(invoke("compare", "3120c", "source-only", "--output-dir", root), "too short", "at least 6")
-    one_error(invoke("compare", "nothing", "source-only", "--output-dir", root), "unknown method, run name")
+    one_error(invoke("compare", "nothing", "source-only", "--output-dir", root), "unknown method or run 'nothing'", "run name, config hash prefix")
     view = open_view(root)
     with pytest.raises(UserError, match="names 2 configurations"):
         resolve("adversarial", view)

@@ -71,37 +71,40 @@ def _resolve(tokens: tuple[str, ...], benchmark: str | None, output_dir: Path | 
 @click.command("plot")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
-              help="PNG file to write (default: <run>/plots/summary-<time>.png, or "
-                   "compare-<A>-vs-<B>.png here for two); never overwritten")
+              help="file to write; .png, .pdf or .svg (default: <run>/plots/summary-<time>.png for one run, "
+                   "else plot-<A>-vs-<B>....png here)")
+@click.option("--size", type=click.Choice(["screen", "page", "column"]),
+              help="screen: 1200 px, titled (PNG default); page: 7 in; column: 3.4 in, one paper column "
+                   "(PDF/SVG default)")
+@click.option("--overwrite", is_flag=True, help="replace --out if it exists (by default nothing is overwritten)")
 @click.option("--benchmark", "-b", help="benchmark of method names (needed when a method ran on several)")
 @click.option("--output-dir", "output_dir", type=click.Path(path_type=Path),
               help="folder holding the run directories and store.sqlite (default: paths.output_dir)")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="settings file (default ./udabench.toml)")
-def plot_cmd(runs: tuple[str, ...], out: Path | None, benchmark: str | None, output_dir: Path | None,
-             config_file: Path | None) -> None:
+def plot_cmd(runs: tuple[str, ...], out: Path | None, size: str | None, overwrite: bool, benchmark: str | None,
+             output_dir: Path | None, config_file: Path | None) -> None:
     """Charts as PNG: RUN's per-class IoU and training curves, or A vs B per class with deltas.
 
-    RUN, A and B are run directories, run ids or method names (a method's latest configuration).
+    Also PDF or SVG (by the --out suffix), and any number of RUNs: per-class bars of each with
+    error bars over seeds (for two, with A - B per class). A RUN is a run directory, run id, run
+    name, method name or config hash prefix; names that fit several configurations are refused.
     """
-    from udabench.results.pictures import comparison_chart, read_metrics, run_chart, write_chart
+    from udabench.results.pictures import chart_format, classes_chart, default_size, read_metrics, run_chart, write_chart
 
-    if len(runs) > 2:
-        raise UserError(f"plot takes one run (RUN) or two to compare (A B), got {len(runs)}: {' '.join(runs)}")
+    fmt = chart_format(out) if out is not None else "png"
+    size = size or default_size(fmt)
+    if out is not None and out.exists() and not overwrite:  # say so before reading anything
+        raise UserError(f"{out} already exists; nothing was written (remove it, choose another --out, or --overwrite)")
     sides = _resolve(runs, benchmark, output_dir, config_file)
-    if len(sides) == 1:
-        side = sides[0]
-        record = max(side.records, key=lambda r: (str(r.get("finished", "")), str(r["run_id"])))
-        run_dir = Path(record.get("run_dir") or runs[0])
-        if len(side.records) > 1:
-            err.print(f"{side.label}: {len(side.records)} seeds; plotting the latest run {record['run_id']}",
-                      highlight=False, soft_wrap=True)
+    if len(sides) == 1 and len(sides[0].records) == 1:
+        record = sides[0].records[0]
+        run_dir = Path(record["run_dir"])
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        target = out if out is not None else run_dir / "plots" / f"summary-{stamp}.png"
-        data = run_chart(record, read_metrics(run_dir / "metrics.jsonl"))
+        target = out if out is not None else run_dir / "plots" / f"summary-{stamp}.{fmt}"
+        data = run_chart(record, read_metrics(run_dir / "metrics.jsonl"), fmt, size)
     else:
-        a, b = sides
-        target = out if out is not None else Path(f"compare-{_slug(a.label)}-vs-{_slug(b.label)}.png")
-        data = comparison_chart(a.label, a.records, b.label, b.records)
-    path = write_chart(target, data)
+        target = out if out is not None else Path("plot-" + "-vs-".join(_slug(s.label) for s in sides) + f".{fmt}")
+        data = classes_chart([(s.label, s.records) for s in sides], fmt, size)
+    path = write_chart(target, data, overwrite)
     console.print(f"chart written to {path}", highlight=False, soft_wrap=True)

@@ -1,10 +1,13 @@
-"""Charts as PNG images (``udabench plot``): one run's per-class IoU and training curves, and a
-side-by-side per-class comparison of two runs or methods.
+"""Charts (``udabench plot``) as PNG, PDF or SVG: one run's per-class IoU and training curves, and
+per-class bars of any number of runs or configurations with error bars over seeds.
 
 matplotlib is driven through its object API (Figure + Agg canvas): no pyplot global state and no
-display needed. Figures have a fixed size in pixels (no tight bounding box), so every chart of a
-kind has the same dimensions. Classes are drawn in their official Cityscapes colours; classes the
-headline mIoU does not score are hatched and faded.
+display needed. Figures have a fixed size (no tight bounding box), so every chart of a kind and
+size has the same dimensions. Three sizes: ``screen`` (PNG default, 1200 pixels wide, titled with
+the protocol line), ``page`` (7 in, a two-column figure) and ``column`` (3.4 in, one paper column;
+the vector default): paper sizes leave the title to the caption, fonts stay >= 6 pt at print size,
+and the protocol line travels in the file's metadata. Per-class bars are the IoUs the headline
+mIoU averages (convention-B IoUs for SYNTHIA's 16 classes).
 """
 from __future__ import annotations
 
@@ -12,34 +15,85 @@ import io
 import json
 import math
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from udabench.errors import DataError, UserError
+from udabench.results.matrices import headline_ious
 from udabench.taxonomy import CLASS_NAMES, CLASSES, SUBSETS
 
-DPI = 100
-RUN_FIGSIZE = (12.0, 9.0)  # inches: 1200 x 900 pixels at DPI
-COMPARE_FIGSIZE = (12.0, 8.0)  # 1200 x 800 pixels
-RUN_PIXELS = (int(RUN_FIGSIZE[0] * DPI), int(RUN_FIGSIZE[1] * DPI))  # (width, height)
-COMPARE_PIXELS = (int(COMPARE_FIGSIZE[0] * DPI), int(COMPARE_FIGSIZE[1] * DPI))
+FORMATS = ("png", "pdf", "svg")
+SIZES = ("screen", "page", "column")
 
 
-def _figure(size: tuple[float, float]) -> Any:
+@dataclass(frozen=True)
+class Style:
+    run: tuple[float, float]  # inches: run chart (bars over curves)
+    classes: tuple[float, float]  # inches: per-class bars (+ deltas for two sides)
+    font: float  # points
+    dpi: int
+    titled: bool  # draw the title and protocol line (screen); paper figures leave it to the caption
+
+
+STYLES = {
+    "screen": Style(run=(12.0, 9.0), classes=(12.0, 8.0), font=9, dpi=100, titled=True),
+    "page": Style(run=(7.0, 5.6), classes=(7.0, 4.6), font=7, dpi=300, titled=False),
+    "column": Style(run=(3.4, 4.4), classes=(3.4, 3.2), font=6, dpi=300, titled=False),
+}
+DPI = STYLES["screen"].dpi
+RUN_PIXELS = tuple(int(v * DPI) for v in STYLES["screen"].run)  # (width, height)
+COMPARE_PIXELS = tuple(int(v * DPI) for v in STYLES["screen"].classes)
+# Okabe-Ito: distinguishable with colour-vision deficiencies, and in greyscale with the hatches.
+SIDE_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
+SIDE_HATCHES = ("", "///", "...", "xxx", "\\\\\\", "++", "oo", "--")
+
+
+def chart_format(path: Path | str) -> str:
+    """png/pdf/svg from a file name; a one-line error for anything else."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise UserError(f"--out {path}: charts are PNG, PDF or SVG; give a file name ending in .png, .pdf or .svg")
+    return suffix
+
+
+def default_size(fmt: str) -> str:
+    return "screen" if fmt == "png" else "column"
+
+
+def _figure(size: tuple[float, float], dpi: int) -> Any:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise UserError("charts need matplotlib; install it with: pip install 'matplotlib>=3.7'") from None
-    fig = Figure(figsize=size, dpi=DPI)
+    fig = Figure(figsize=size, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _png(fig: Any) -> bytes:
+def _rc(style: Style) -> Any:
+    import matplotlib
+
+    f = style.font
+    return matplotlib.rc_context({
+        "font.size": f, "axes.titlesize": f + 1, "axes.labelsize": f, "xtick.labelsize": f,
+        "ytick.labelsize": f, "legend.fontsize": f, "lines.linewidth": 1.0 if f < 8 else 1.2,
+        "hatch.linewidth": 0.5 if f < 8 else 1.0, "svg.fonttype": "none", "pdf.fonttype": 42})
+
+
+def render(fig: Any, fmt: str, description: str = "") -> bytes:
+    """The figure as PNG/PDF/SVG bytes; the protocol line goes into the file's metadata."""
+    metadata = {"png": {"Description": description}, "pdf": {"Subject": description},
+                "svg": {"Description": description}}[fmt]
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format=fmt, dpi=fig.dpi, metadata=metadata)
     return buffer.getvalue()
+
+
+def _small(style: Style) -> float:
+    """Annotations: smaller than the labels, never below 6 pt on paper."""
+    return style.font - 2 if style.titled else style.font
 
 
 def _rgb(train_id: int, lighten: float = 0.0) -> tuple[float, float, float]:
@@ -51,13 +105,19 @@ def _value(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
-def _title(fig: Any, title: str, record: dict[str, Any]) -> None:
+def _headline(record: dict[str, Any]) -> str:
+    return str(record.get("headline") or record["subsets"][0])
+
+
+def _title(fig: Any, style: Style, title: str, record: dict[str, Any]) -> None:
     """The title, and under it the protocol line that makes the numbers comparable (or not)."""
     from udabench.report import protocol_line
 
-    fig.suptitle(title, fontsize=12, y=0.99)
+    if not style.titled:
+        return
+    fig.suptitle(title, fontsize=style.font + 3, y=0.99)
     text = textwrap.fill(protocol_line(record), width=190)
-    fig.text(0.5, 0.955, text, fontsize=8, color="#444444", va="top", ha="center")
+    fig.text(0.5, 0.955, text, fontsize=_small(style), color="#444444", va="top", ha="center")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -79,173 +139,253 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def _not_scored(headline: str) -> set[int]:
-    return set(range(len(CLASS_NAMES))) - set(SUBSETS.get(headline, range(len(CLASS_NAMES))))
+def _classes(record: dict[str, Any]) -> list[int]:
+    """Train ids of the classes the headline mIoU averages."""
+    return list(SUBSETS.get(_headline(record), range(len(CLASS_NAMES))))
 
 
-def _class_axis(ax: Any, headline: str) -> None:
-    ax.set_xticks(range(len(CLASS_NAMES)))
-    ax.set_xticklabels(CLASS_NAMES, rotation=40, ha="right", fontsize=9)
-    for i in _not_scored(headline):
-        ax.get_xticklabels()[i].set_color("#999999")
-    ax.set_xlim(-0.6, len(CLASS_NAMES) - 0.4)
-    ax.grid(axis="y", alpha=0.3)
+def _class_axis(ax: Any, record: dict[str, Any], style: Style) -> None:
+    """Class names under the bars; '*' marks classes outside a smaller subset (SYNTHIA's mIoU13)."""
+    ids = _classes(record)
+    smaller = [str(s) for s in record["subsets"] if len(SUBSETS.get(str(s), ())) < len(ids)]
+    outside = set(ids) - set(SUBSETS[smaller[0]]) if smaller else set()
+    ax.set_xticks(range(len(ids)))
+    ax.set_xticklabels([CLASS_NAMES[i] + ("*" if i in outside else "") for i in ids],
+                       rotation=40 if style.titled else 90, ha="right" if style.titled else "center")
+    ax.set_xlim(-0.6, len(ids) - 0.4)
+    ax.grid(axis="y", alpha=0.3, linewidth=0.5)
     ax.set_axisbelow(True)
+    if outside:
+        ax.text(0.995, 0.98, f"* not in mIoU{smaller[0]}", transform=ax.transAxes, ha="right", va="top",
+                color="#777777")
 
 
-def iou_bars(ax: Any, record: dict[str, Any]) -> None:
+def iou_bars(ax: Any, record: dict[str, Any], style: Style = STYLES["screen"]) -> None:
     """Per-class IoU bars in the official colours and the headline mIoU as a dashed line."""
-    headline = str(record.get("headline") or record["subsets"][0])
-    skip = _not_scored(headline)
-    values = [_value(record["iou"].get(n)) for n in CLASS_NAMES]
-    for i, v in enumerate(values):
+    headline = _headline(record)
+    ious = headline_ious(record) or {}
+    for x, i in enumerate(_classes(record)):
+        v = _value(ious.get(CLASS_NAMES[i]))
         if math.isnan(v):
-            ax.text(i, 1, "n/a", ha="center", va="bottom", fontsize=7, color="#777777")
+            ax.text(x, 1, "n/a", ha="center", va="bottom", fontsize=_small(style), color="#777777")
             continue
-        ax.bar(i, v, color=_rgb(i), edgecolor="#333333", linewidth=0.6,
-               alpha=0.35 if i in skip else 1.0, hatch="//" if i in skip else None)
-        ax.text(i, v + 1, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    miou = _value(record["miou"].get(headline))
-    if not math.isnan(miou):
-        ax.axhline(miou, color="black", linestyle="--", linewidth=1.2, label=f"mIoU{headline} {miou:.1f}")
+        ax.bar(x, v, color=_rgb(i), edgecolor="#333333", linewidth=0.5)
+        if style.titled:
+            ax.text(x, v + 1, f"{v:.1f}", ha="center", va="bottom", fontsize=_small(style))
     for s in record["subsets"]:
-        if str(s) != headline and not math.isnan(_value(record["miou"].get(s))):
-            ax.axhline(_value(record["miou"][s]), color="#777777", linestyle=":", linewidth=1,
-                       label=f"mIoU{s} {_value(record['miou'][s]):.1f}")
+        value = _value(record["miou"].get(str(s)))
+        if not math.isnan(value):
+            main = str(s) == headline
+            ax.axhline(value, color="black" if main else "#777777", linestyle="--" if main else ":",
+                       label=f"mIoU{s} {value:.1f}")
     ax.set_ylim(0, 105)
     ax.set_ylabel("IoU (%)")
-    _class_axis(ax, headline)
-    if skip:
-        ax.text(0.995, 0.98, f"hatched: not in mIoU{headline}", transform=ax.transAxes,
-                ha="right", va="top", fontsize=8, color="#777777")
-    ax.legend(loc="upper left", fontsize=9)
+    _class_axis(ax, record, style)
+    ax.legend(loc="upper left")
 
 
 def training_curves(ax_loss: Any, ax_eval: Any, metrics: list[dict[str, Any]], record: dict[str, Any]) -> None:
     """Losses against the step (left) and the evaluation mIoU points (right)."""
+    from matplotlib.ticker import MaxNLocator
+
     losses = sorted({k for line in metrics for k in line if k.startswith("loss/")})
     for key in losses:
         pts = [(line["step"], line[key]) for line in metrics if isinstance(line.get(key), (int, float))]
         ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None,
-                     linewidth=1.2, label=key.split("/", 1)[1])
-    ax_loss.set_title("training losses", fontsize=10)
+                     label=key.split("/", 1)[1])
+    ax_loss.set_title("training losses")
     ax_loss.set_xlabel("iteration")
-    ax_loss.grid(alpha=0.3)
+    ax_loss.grid(alpha=0.3, linewidth=0.5)
     if losses:
-        ax_loss.legend(fontsize=8)
+        ax_loss.legend()
     else:
         ax_loss.text(0.5, 0.5, "no metrics.jsonl", transform=ax_loss.transAxes, ha="center", color="#777777")
-    evals = sorted({k for line in metrics for k in line if k.startswith("eval/mIoU")})
-    for key in evals:
+    for key in sorted({k for line in metrics for k in line if k.startswith("eval/mIoU")}):
         pts = [(line["step"], line[key]) for line in metrics if isinstance(line.get(key), (int, float))]
-        ax_eval.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key.split("/", 1)[1])
-    headline = str(record.get("headline") or record["subsets"][0])
+        ax_eval.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=key.split("/", 1)[1])
+    headline = _headline(record)
     final = _value(record["miou"].get(headline))
     if "iters" in record and not math.isnan(final):
-        ax_eval.plot([record["iters"]], [final], marker="*", markersize=13, color="black", linestyle="",
+        ax_eval.plot([record["iters"]], [final], marker="*", markersize=9, color="black", linestyle="",
                      label=f"final mIoU{headline} {final:.1f}")
-    from matplotlib.ticker import MaxNLocator
-
     for ax in (ax_loss, ax_eval):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_eval.set_title("evaluation", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+    ax_eval.set_title("evaluation")
     ax_eval.set_xlabel("iteration")
     ax_eval.set_ylabel("mIoU (%)")
-    ax_eval.grid(alpha=0.3)
-    ax_eval.legend(fontsize=8)
+    ax_eval.grid(alpha=0.3, linewidth=0.5)
+    ax_eval.legend()
 
 
-def run_chart(record: dict[str, Any], metrics: list[dict[str, Any]]) -> bytes:
-    """PNG (RUN_PIXELS): per-class IoU bars on top, training curves below, protocol as footer."""
-    fig = _figure(RUN_FIGSIZE)
-    grid = fig.add_gridspec(2, 2, height_ratios=(1.3, 1), hspace=0.55, wspace=0.2,
-                            left=0.06, right=0.98, top=0.9, bottom=0.08)
-    headline = str(record.get("headline") or record["subsets"][0])
-    miou = _value(record["miou"].get(headline))
-    seed = f", seed {record['seed']}" if "seed" in record else ""
-    _title(fig, f"{record.get('method', '?')} on {record.get('benchmark', '?')}{seed}: "
-                f"mIoU{headline} {miou:.1f}   ({record.get('run_id', '')})", record)
-    iou_bars(fig.add_subplot(grid[0, :]), record)
-    training_curves(fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1]), metrics, record)
-    return _png(fig)
+def run_figure(record: dict[str, Any], metrics: list[dict[str, Any]], size: str = "screen") -> Any:
+    """Per-class IoU bars on top, training curves below (3 panels)."""
+    style = STYLES[size]
+    with _rc(style):
+        fig = _figure(style.run, style.dpi)
+        top = 0.9 if style.titled else 0.97
+        grid = fig.add_gridspec(2, 2, height_ratios=(1.3, 1), hspace=0.55 if style.titled else 0.75,
+                                wspace=0.25 if style.titled else 0.45, left=0.06 if style.titled else 0.12,
+                                right=0.98, top=top, bottom=0.08)
+        headline = _headline(record)
+        seed = f", seed {record['seed']}" if "seed" in record else ""
+        _title(fig, style, f"{record.get('method', '?')} on {record.get('benchmark', '?')}{seed}: mIoU{headline} "
+                           f"{_value(record['miou'].get(headline)):.1f}   ({record.get('run_id', '')})", record)
+        iou_bars(fig.add_subplot(grid[0, :]), record, style)
+        training_curves(fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1]), metrics, record)
+    return fig
 
 
-def _mean(values: list[float]) -> float:
+def run_chart(record: dict[str, Any], metrics: list[dict[str, Any]], fmt: str = "png", size: str = "screen") -> bytes:
+    """``run_figure`` rendered (PNG at RUN_PIXELS for the screen size)."""
+    from udabench.report import protocol_line
+
+    return render(run_figure(record, metrics, size), fmt, protocol_line(record))
+
+
+# --- per-class bars of several runs or configurations --------------------------------------------
+
+
+def side_stats(records: list[dict[str, Any]], ids: list[int]) -> tuple[list[float], list[float]]:
+    """Per-class mean and sample std (ddof=1; NaN for one seed) over the records' headline IoUs."""
+    per_record = [headline_ious(r) or {} for r in records]
+    means, stds = [], []
+    for i in ids:
+        values = [v for v in (_value(p.get(CLASS_NAMES[i])) for p in per_record) if not math.isnan(v)]
+        means.append(sum(values) / len(values) if values else math.nan)
+        if len(values) > 1:
+            mu = means[-1]
+            stds.append(math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1)))
+        else:
+            stds.append(math.nan)
+    return means, stds
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
     finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+    if not finite:
+        return math.nan, math.nan
+    mu = sum(finite) / len(finite)
+    sd = math.sqrt(sum((v - mu) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else math.nan
+    return mu, sd
 
 
-def comparison_chart(label_a: str, records_a: list[dict[str, Any]], label_b: str,
-                     records_b: list[dict[str, Any]]) -> bytes:
-    """PNG (COMPARE_PIXELS): per-class IoU of A (solid) and B (hatched), then A - B per class.
+def _check_one_protocol(sides: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    label0, first = sides[0][0], sides[0][1][0]
+    for label, records in sides:
+        for rec in records:
+            if (rec["benchmark"], rec.get("spec_hash")) != (first["benchmark"], first.get("spec_hash")):
+                raise UserError(f"{label0} is on {first['benchmark']} (spec {first.get('spec_hash')}) but {label} "
+                                f"on {rec['benchmark']} (spec {rec.get('spec_hash')}); plot needs one benchmark and protocol")
+    return first
 
-    Several records on a side (seeds of one configuration) are averaged, like ``udabench compare``.
-    """
-    first = records_a[0]
-    for rec in records_b:
-        if (rec["benchmark"], rec.get("spec_hash")) != (first["benchmark"], first.get("spec_hash")):
-            raise UserError(f"{label_a} is on {first['benchmark']} (spec {first.get('spec_hash')}) but {label_b} "
-                            f"on {rec['benchmark']} (spec {rec.get('spec_hash')}); plot needs one benchmark and protocol")
-    headline = str(first.get("headline") or first["subsets"][0])
-    skip = _not_scored(headline)
-    a = [_mean([_value(r["iou"].get(n)) for r in records_a]) for n in CLASS_NAMES]
-    b = [_mean([_value(r["iou"].get(n)) for r in records_b]) for n in CLASS_NAMES]
-    ma = _mean([_value(r["miou"].get(headline)) for r in records_a])
-    mb = _mean([_value(r["miou"].get(headline)) for r in records_b])
-    fig = _figure(COMPARE_FIGSIZE)
-    grid = fig.add_gridspec(2, 1, height_ratios=(1.4, 1), hspace=0.5, left=0.06, right=0.98,
-                            top=0.89, bottom=0.12)
-    seeds = lambda recs: f" ({len(recs)} seeds)" if len(recs) > 1 else ""  # noqa: E731
-    _title(fig, f"{label_a}{seeds(records_a)} vs {label_b}{seeds(records_b)} on {first['benchmark']}: "
-                f"mIoU{headline} {ma:.1f} vs {mb:.1f} ({ma - mb:+.1f})",
-           {k: v for k, v in first.items() if k != "seed"})  # the seeds are in the title
-    top = fig.add_subplot(grid[0])
-    width = 0.4
-    for i in range(len(CLASS_NAMES)):
-        fade = 0.35 if i in skip else 1.0
-        if not math.isnan(a[i]):
-            top.bar(i - width / 2, a[i], width, color=_rgb(i), edgecolor="#333333", linewidth=0.6, alpha=fade)
-        if not math.isnan(b[i]):
-            top.bar(i + width / 2, b[i], width, color=_rgb(i, 0.55), edgecolor=_rgb(i), hatch="///",
-                    linewidth=0.6, alpha=fade)
-    top.axhline(ma, color="black", linestyle="--", linewidth=1.2)
-    top.axhline(mb, color="#777777", linestyle=":", linewidth=1.4)
+
+def _bar_style(side: int, n_sides: int, class_id: int) -> dict[str, Any]:
+    """One or two sides: the official class colours (B lighter and hatched); more: a colour each."""
+    if n_sides <= 2:
+        if side == 0:
+            return {"color": _rgb(class_id), "edgecolor": "#333333"}
+        return {"color": _rgb(class_id, 0.55), "edgecolor": _rgb(class_id), "hatch": "///"}
+    return {"color": SIDE_COLOURS[side % len(SIDE_COLOURS)], "edgecolor": "#333333",
+            "hatch": SIDE_HATCHES[side // len(SIDE_COLOURS) % len(SIDE_HATCHES)]}
+
+
+def _legend_style(side: int, n_sides: int) -> dict[str, Any]:
+    if n_sides > 2:
+        bar = _bar_style(side, n_sides, 0)
+        return {"facecolor": bar["color"], "edgecolor": bar["edgecolor"], "hatch": bar["hatch"]}
+    return {"facecolor": "#666666" if side == 0 else "#cccccc", "edgecolor": "#333333", "hatch": "///" if side else ""}
+
+
+def classes_figure(sides: list[tuple[str, list[dict[str, Any]]]], size: str = "screen") -> Any:
+    """Per-class IoU bars of every side (seed means, error bars = std over seeds); for exactly two
+    sides a second panel with A - B per class. Sides: (label, records of one configuration or run).
+    The legend sits above the panels (never over a bar), one entry per side with its mIoU."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    top.legend(handles=[Patch(facecolor="#666666", edgecolor="#333333", label=f"A = {label_a}"),
-                        Patch(facecolor="#cccccc", edgecolor="#666666", hatch="///", label=f"B = {label_b}"),
-                        Line2D([], [], color="black", linestyle="--", label=f"A mIoU{headline} {ma:.1f}"),
-                        Line2D([], [], color="#777777", linestyle=":", label=f"B mIoU{headline} {mb:.1f}")],
-               loc="upper left", fontsize=8, ncol=2)
-    top.set_ylim(0, 105)
-    top.set_ylabel("IoU (%)")
-    _class_axis(top, headline)
-    bottom = fig.add_subplot(grid[1])
+    first = _check_one_protocol(sides)
+    style, n = STYLES[size], len(sides)
+    headline, ids = _headline(first), _classes(first)
+    stats = [side_stats(records, ids) for _, records in sides]
+    mious = [_mean_std([_value(r["miou"].get(headline)) for r in records]) for _, records in sides]
+    handles = []
+    for s, (label, records) in enumerate(sides):
+        m, sd = mious[s]
+        text = f"{label}: mIoU{headline} {m:.1f}" + (f" ± {sd:.1f} (n={len(records)})" if not math.isnan(sd) else "")
+        handles.append(Patch(label=text, linewidth=0.5, **_legend_style(s, n)))
+    if n <= 2:
+        handles.append(Line2D([], [], color="black", linestyle="--",
+                              label=f"mIoU{headline}: dashed A" + (", dotted B" if n == 2 else "")))
+    with _rc(style):
+        fig = _figure(style.classes, style.dpi)
+        ncol = 1 if size == "column" else 2
+        title_h = 0.11 if style.titled else 0.0
+        legend_h = (math.ceil(len(handles) / ncol) * 1.6 + 1.0) * style.font / 72 / style.classes[1]
+        grid = fig.add_gridspec(2 if n == 2 else 1, 1, height_ratios=(1.4, 1) if n == 2 else None,
+                                hspace=0.5 if style.titled else 0.9, left=0.06 if style.titled else 0.12,
+                                right=0.98, top=1 - title_h - legend_h, bottom=0.12 if style.titled else 0.2)
+        counts = lambda recs: f" ({len(recs)} seeds)" if len(recs) > 1 else ""  # noqa: E731
+        title = " vs ".join(f"{label}{counts(recs)}" for label, recs in sides) + f" on {first['benchmark']}: mIoU{headline} "
+        _title(fig, style, title + " vs ".join(f"{m:.1f}" for m, _ in mious),
+               {k: v for k, v in first.items() if k != "seed"})  # the seeds are in the title
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - title_h), ncol=ncol, frameon=False)
+        ax = fig.add_subplot(grid[0])
+        width = 0.8 / n
+        for s, (means, stds) in enumerate(stats):
+            offset = (s - (n - 1) / 2) * width
+            for x, (i, mu, sd) in enumerate(zip(ids, means, stds)):
+                if not math.isnan(mu):
+                    ax.bar(x + offset, mu, width, linewidth=0.5, yerr=None if math.isnan(sd) else sd,
+                           error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "#222222"}, **_bar_style(s, n, i))
+        if n <= 2:
+            for s, (m, _) in enumerate(mious):
+                ax.axhline(m, color="black" if s == 0 else "#777777", linestyle="--" if s == 0 else ":")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("IoU (%)")
+        _class_axis(ax, first, style)
+        if n == 2:
+            _delta_panel(fig.add_subplot(grid[1]), stats[0][0], stats[1][0], first, style)
+    return fig
+
+
+def _delta_panel(ax: Any, a: list[float], b: list[float], record: dict[str, Any], style: Style) -> None:
     deltas = [x - y for x, y in zip(a, b)]
-    for i, d in enumerate(deltas):
+    for x, d in enumerate(deltas):
         if math.isnan(d):
-            bottom.text(i, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#777777")
+            ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=_small(style), color="#777777")
             continue
-        bottom.bar(i, d, 0.6, color="#2e7d32" if d >= 0 else "#c62828", alpha=0.35 if i in skip else 1.0)
-        bottom.text(i, d, f"{d:+.1f}", ha="center", va="bottom" if d >= 0 else "top", fontsize=7)
-    bottom.axhline(0, color="black", linewidth=0.8)
-    finite = [abs(d) for d in deltas if not math.isnan(d)]
-    span = max(finite + [1.0]) * 1.25
-    bottom.set_ylim(-span, span)
-    bottom.set_ylabel("A - B (IoU points)")
-    _class_axis(bottom, headline)
-    return _png(fig)
+        ax.bar(x, d, 0.6, color="#2e7d32" if d >= 0 else "#c62828")
+        if style.titled:
+            ax.text(x, d, f"{d:+.1f}", ha="center", va="bottom" if d >= 0 else "top", fontsize=_small(style))
+    ax.axhline(0, color="black", linewidth=0.8)
+    span = max([abs(d) for d in deltas if not math.isnan(d)] + [1.0]) * 1.25
+    ax.set_ylim(-span, span)
+    ax.set_ylabel("A - B (IoU)")
+    _class_axis(ax, record, style)
 
 
-def write_chart(path: Path, data: bytes) -> Path:
-    """Write a chart atomically; an existing file is never overwritten."""
-    from udabench.data.pngio import atomic_write_bytes
+def classes_chart(sides: list[tuple[str, list[dict[str, Any]]]], fmt: str = "png", size: str = "screen") -> bytes:
+    from udabench.report import protocol_line
+
+    first = sides[0][1][0]
+    return render(classes_figure(sides, size), fmt, protocol_line({k: v for k, v in first.items() if k != "seed"}))
+
+
+def comparison_chart(label_a: str, records_a: list[dict[str, Any]], label_b: str,
+                     records_b: list[dict[str, Any]], fmt: str = "png", size: str = "screen") -> bytes:
+    """A vs B (COMPARE_PIXELS as a screen PNG): ``classes_chart`` of two sides."""
+    return classes_chart([(label_a, records_a), (label_b, records_b)], fmt, size)
+
+
+def write_chart(path: Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write a chart atomically; an existing file is replaced only with ``overwrite``."""
+    from udabench.fileio import atomic_write_bytes
 
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise UserError(f"--out {path}: charts are PNG images; give a file name ending in .png")
-    if path.exists():
-        raise UserError(f"{path} already exists; nothing was written (remove it or choose another --out)")
+    chart_format(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; nothing was written (remove it, choose another --out, or --overwrite)")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; --out takes a file name ending in .png, .pdf or .svg")
     atomic_write_bytes(path, data)
     return path

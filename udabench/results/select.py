@@ -146,8 +146,8 @@ def _unknown(token: str, view: StoreView, scope: list[dict[str, Any]], benchmark
     if short:
         raise UserError(f"config hash prefix '{token}' is too short; give at least {MIN_PREFIX} characters")
     known = sorted({r["method"] for r in scope})
-    raise UserError(f"unknown method, run name, config or run '{token}'; methods with finished runs{where}: "
-                    f"{', '.join(known) or 'none'} (or give a config hash prefix, run id or run directory)")
+    raise UserError(f"unknown method or run '{token}'; methods with finished runs{where}: "
+                    f"{', '.join(known) or 'none'} (or give a run name, config hash prefix, run id or run directory)")
 
 
 def resolve(token: str, view: StoreView, benchmark: str | None = None,
