@@ -376,3 +376,61 @@ def test_ensure_minicity_reports_an_unusable_data_root(tmp_path):
     with pytest.raises(DataError) as info:
         ensure_minicity(blocker, P, console=quiet())
     assert str(blocker) in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- the files the official tools open
+
+def test_cityscapes_instance_ids_follow_the_official_encoding(tmp_path):
+    """_gtFine_instanceIds.png: 16-bit; labelId * 1000 + k on each counted object (k = 0, 1, ...
+    per class), the labelId elsewhere; objects are the connected paints of one instance."""
+    from udabench.minicity.render import build_scene, instance_map
+
+    write_cityscapes(tmp_path, P, 3, 2)
+    counted = {c.label_id for c in taxonomy.CLASSES if c.train_id in THINGS}
+    objects = 0
+    for path in sorted(tmp_path.rglob("*_gtFine_instanceIds.png")):
+        labels = tmp_path / str(path.relative_to(tmp_path)).replace("instanceIds", "labelIds")
+        inst = np.array(Image.open(path))  # Pillow: what cityscapesscripts reads it with
+        ids = np.array(Image.open(labels))
+        assert inst.dtype == np.uint16 and inst.shape == ids.shape
+        assert np.array_equal(decode(path)[0], inst)  # libpng agrees
+        stuff = inst < 1000
+        assert np.array_equal(inst[stuff], ids[stuff])  # stuff (and unnumbered things): labelId
+        assert np.array_equal(inst[~stuff] // 1000, ids[~stuff])
+        assert set(np.unique(ids[~stuff]).tolist()) <= counted
+        # the same object in the scene has one number; numbers of a class are 0..n-1
+        split, city, name = path.parts[-3], path.parts[-2], path.name
+        stem = name.replace("_gtFine_instanceIds.png", "")
+        index = int(stem.split("_")[1]) * len(TRAIN_CITIES if split == "train" else VAL_CITIES) + \
+            (TRAIN_CITIES if split == "train" else VAL_CITIES).index(city)
+        scene = build_scene(image_seed(P, f"cityscapes/{split}", index), H, W, "cityscapes", P)
+        raw = instance_map(scene)
+        for value in np.unique(inst[~stuff]):
+            assert len(np.unique(raw[inst == value])) == 1
+        for label_id in np.unique(ids[~stuff]):
+            numbers = np.unique(inst[(ids == label_id) & ~stuff]) % 1000
+            assert numbers.tolist() == list(range(len(numbers)))
+        objects += int((~stuff).any())
+    assert objects  # some image has counted objects
+
+
+def test_a_tree_generated_without_instance_files_is_completed_in_place(tmp_path):
+    """MiniCity trees generated before the instance files existed get them on first use: same key,
+    every existing file kept byte for byte (and untouched)."""
+    paths = ensure_minicity(tmp_path, P, sources=("gta5",), console=quiet())
+    marker = paths.cityscapes / MARKER
+    old = json.loads(marker.read_text())
+    assert old["files"] == ["_gtFine_labelIds.png", "_gtFine_instanceIds.png"]
+    instance_files = sorted(paths.cityscapes.rglob("*_gtFine_instanceIds.png"))
+    assert len(instance_files) == 5
+    wanted = {p: p.read_bytes() for p in instance_files}
+    for p in instance_files:
+        p.unlink()
+    del old["files"]
+    marker.write_text(json.dumps(old))  # what the previous generator wrote
+    before = _snapshot(paths.root)
+    assert ensure_minicity(tmp_path, P, sources=("gta5",), console=quiet()) == paths
+    after = _snapshot(paths.root)
+    assert {p: p.read_bytes() for p in instance_files} == wanted
+    changed = {p for p in after if after.get(p) != before.get(p)}
+    assert changed == set(instance_files) | {marker, paths.root / "params.json"}

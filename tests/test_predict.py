@@ -318,6 +318,69 @@ def test_plot_one_run_and_two(trained):
     _one_error_line(_cli("plot", "source-only", "no-such-method"), "unknown method or run 'no-such-method'")
 
 
+# -- the official evaluator's command line on a MiniCity run ---------------------------------------
+def _numpy_for_the_official_evaluator() -> str:
+    """A folder to put first on PYTHONPATH so that numpy < 2.4 is imported ('' when the installed
+    numpy is older): cityscapesscripts' instance-level evaluation, which its command line runs,
+    calls np.in1d, removed in numpy 2.4. Installed once with pip into a cache folder; only the
+    evaluator's subprocess sees it, so udabench itself is tested with the numpy it runs on."""
+    import os
+    import subprocess
+    import sys
+
+    if tuple(int(v) for v in np.__version__.split(".")[:2]) < (2, 4):
+        return ""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "udabench-tests" / \
+        f"numpy-below-2.4-py{sys.version_info.major}{sys.version_info.minor}"
+    if not (cache / "numpy").is_dir():
+        partial = cache.with_name(f"{cache.name}.partial-{os.getpid()}")
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                            "--disable-pip-version-check", "--target", str(partial), "numpy<2.4"],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            pytest.skip(f"cannot install numpy<2.4 for the official evaluator: "
+                        f"{(r.stderr.strip().splitlines() or ['pip failed'])[-1]}")
+        if not (cache / "numpy").is_dir():
+            os.replace(partial, cache)
+    return str(cache)
+
+
+@pytest.mark.slow
+def test_official_evaluator_command_line_agrees_with_result_json(trained, tmp_path):
+    """csEvalPixelLevelSemanticLabeling as its users run it (environment variables, no arguments,
+    instance-level scores ON, which opens each *_gtFine_instanceIds.png) on a MiniCity run's
+    exported predictions: every class IoU equals result.json."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    base, (run, _), _ = trained
+    target = next((base / "data").rglob("gtFine")).parent
+    assert sorted(target.rglob("gtFine/val/*/*_gtFine_instanceIds.png"))  # MiniCity writes them
+    out = tmp_path / "results"
+    assert _cli("predict", run, "--format", "cityscapes", "--out", out).exit_code == 0
+    env = dict(os.environ, CITYSCAPES_DATASET=str(target), CITYSCAPES_RESULTS=str(out),
+               CITYSCAPES_EXPORT_DIR=str(tmp_path))
+    extra = _numpy_for_the_official_evaluator()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH", "")) if p)
+    r = subprocess.run([sys.executable, "-m", "cityscapesscripts.evaluation."
+                        "evalPixelLevelSemanticLabeling"], env=env, capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    official = json.loads((tmp_path / "resultPixelLevelSemanticLabeling.json").read_text())
+    record = json.loads((run / "result.json").read_text())
+    for name in CLASS_NAMES:
+        theirs = official["classScores"][name]
+        if math.isnan(record["iou"][name]):
+            assert theirs is None or math.isnan(theirs), name
+        else:
+            assert theirs * 100 == pytest.approx(record["iou"][name], rel=1e-12, abs=1e-12), name
+    # the instance-level part ran on MiniCity's objects: a score for a class it draws
+    assert any(isinstance(official["classInstScores"][n], float)
+               and not math.isnan(official["classInstScores"][n]) for n in ("car", "person"))
+
+
 # -- the size rule: a validation label whose size differs from its image ----------------------------
 def _odd_label(path: Path, extra: tuple[int, int] = (6, 10)) -> tuple[int, int]:
     """Rewrite a labelIds file at a larger size (nearest: the same scene); returns its (H, W)."""

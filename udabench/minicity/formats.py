@@ -21,7 +21,7 @@ import numpy as np
 from udabench.fileio import atomic_write_bytes as write_atomic
 from udabench.minicity.params import MiniCityParams
 from udabench.minicity.render import CODE_TO_LABEL_ID, CODE_TO_SYNTHIA_ID, instance_map, render_full
-from udabench.taxonomy import LABEL_ID_COLORS
+from udabench.taxonomy import CLASSES, LABEL_ID_COLORS
 
 Progress = Callable[[int], None] | None
 
@@ -48,9 +48,10 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_bytes(arr: np.ndarray, level: int, palette: np.ndarray | None = None) -> bytes:
-    """Encode HxW uint8 (grey, or palette indices with `palette` (N, 3)), HxWx3 uint8 or uint16."""
+    """Encode HxW uint8/uint16 (grey, or uint8 palette indices with `palette` (N, 3)), or HxWx3
+    uint8/uint16 (RGB)."""
     if arr.ndim == 2:
-        colour_type, depth = (3 if palette is not None else 0), 8
+        colour_type, depth = (3 if palette is not None else 0), 8 * arr.dtype.itemsize
     elif arr.ndim == 3 and arr.shape[2] == 3:
         colour_type, depth = 2, 8 * arr.dtype.itemsize
     else:
@@ -147,6 +148,30 @@ def write_synthia(root: Path, params: MiniCityParams, n: int, progress: Progress
             progress(1)
 
 
+# Cityscapes labelIds whose objects are counted in _gtFine_instanceIds.png (hasInstances in
+# cityscapesscripts; caravan 29 and trailer 30 also have instances but MiniCity draws none).
+_INSTANCE_LABEL_IDS = np.array(sorted(c.label_id for c in CLASSES if c.train_id >= 11), np.uint8)
+
+
+def cityscapes_instance_ids(label_ids: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """uint16 ``_gtFine_instanceIds`` content as in Cityscapes: labelId * 1000 + k on the pixels of
+    counted objects (k numbers the objects of one class from 0), the labelId elsewhere."""
+    out = label_ids.astype(np.uint16)
+    counted = (instances > 0) & np.isin(label_ids, _INSTANCE_LABEL_IDS)
+    if counted.any():
+        keys = label_ids[counted].astype(np.int64) * 65536 + instances[counted]
+        unique, inverse = np.unique(keys, return_inverse=True)
+        cls = unique // 65536  # sorted by class, then instance
+        k = np.arange(unique.size) - np.searchsorted(cls, cls)  # rank within the class
+        out[counted] = (cls * 1000 + k)[inverse].astype(np.uint16)
+    return out
+
+
+# The files of one Cityscapes image (suffixes after the stem); the official evaluator opens the
+# labelIds and, for its instance-level scores, the instanceIds.
+CITYSCAPES_GT_FILES = ("_gtFine_labelIds.png", "_gtFine_instanceIds.png")
+
+
 def cityscapes_stem(split: str, index: int) -> tuple[str, str]:
     """(city, stem) of image `index` of a split, e.g. ('pixelburg', 'pixelburg_000003_000019')."""
     cities = TRAIN_CITIES if split == "train" else VAL_CITIES
@@ -156,19 +181,24 @@ def cityscapes_stem(split: str, index: int) -> tuple[str, str]:
 
 def write_cityscapes(root: Path, params: MiniCityParams, n_train: int, n_val: int,
                      progress: Progress = None, skip_existing: bool = False) -> None:
-    """leftImg8bit/{split}/<city>/<stem>_leftImg8bit.png and gtFine/.../<stem>_gtFine_labelIds.png."""
+    """leftImg8bit/{split}/<city>/<stem>_leftImg8bit.png and gtFine/.../<stem>_gtFine_labelIds.png
+    with its <stem>_gtFine_instanceIds.png (16-bit), the files the official tools open."""
     root = Path(root)
     for split, n in (("train", n_train), ("val", n_val)):
         for i in range(n):
             city, stem = cityscapes_stem(split, i)
             img = root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
-            lab = root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
-            todo = _missing([img, lab], skip_existing)
+            lab, inst = (root / "gtFine" / split / city / f"{stem}{s}" for s in CITYSCAPES_GT_FILES)
+            todo = _missing([img, lab, inst], skip_existing)
             if todo:
                 rgb, cv = render_full(image_seed(params, f"cityscapes/{split}", i), params.height,
                                       params.width, "real", "cityscapes", params)
+                label_ids = CODE_TO_LABEL_ID[cv.code]
                 if lab in todo:
-                    write_atomic(lab, png_bytes(CODE_TO_LABEL_ID[cv.code], LEVEL_FLAT))
+                    write_atomic(lab, png_bytes(label_ids, LEVEL_FLAT))
+                if inst in todo:
+                    write_atomic(inst, png_bytes(cityscapes_instance_ids(label_ids, instance_map(cv)),
+                                                 LEVEL_FLAT))
                 if img in todo:
                     write_atomic(img, png_bytes(rgb, LEVEL_NOISY))
             if progress:

@@ -18,7 +18,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from udabench.errors import DataError, UserError
-from udabench.minicity.formats import write_atomic, write_cityscapes, write_gta5, write_synthia
+from udabench.minicity.formats import (CITYSCAPES_GT_FILES, write_atomic, write_cityscapes,
+                                      write_gta5, write_synthia)
 from udabench.minicity.params import GENERATOR_VERSION, MiniCityParams
 
 SOURCES = ("gta5", "synthia")
@@ -34,8 +35,14 @@ class MiniCityPaths:
 
 
 def _marker_body(params: MiniCityParams, part: str, counts: dict[str, int]) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "key": params.key(), "part": part,
+    body = {"generator_version": GENERATOR_VERSION, "key": params.key(), "part": part,
             "counts": counts, "params": params.to_dict()}
+    if part == "cityscapes":
+        # Which ground-truth files each image has. Not part of the key (the pixels do not change):
+        # a tree generated before a file kind was added lacks it in its marker, so it is completed
+        # on first use (existing files are kept) instead of being generated again under a new key.
+        body["files"] = list(CITYSCAPES_GT_FILES)
+    return body
 
 
 def _is_complete(folder: Path, expected: dict) -> bool:
