@@ -2,7 +2,7 @@
 
 Every column has an id a user can name in ``--columns`` (``method``, ``name``, ``kind``,
 ``config``, ``settings``, ``n``, ``seeds``, ``network``, ``iters``, a class name, ``mIoU19`` ...,
-``train``, ``GPU-h``, ``img/s``, ``peak-mem``) and groups stand for several (``classes``,
+``train-time``, ``GPU-h``, ``img/s``, ``peak-mem``) and groups stand for several (``classes``,
 ``miou``, ``compute``). Defaults follow the papers: per-class columns, then the mIoUs.
 The best value of a column is marked only where it is meaningful: among reproduced UDA rows,
 unique at the shown precision, and not 0 or missing.
@@ -122,7 +122,7 @@ def all_columns(board: Board, short: bool) -> tuple[list[Column], list[str]]:
 
     # Zero GPU-hours / peak memory mean a CPU run: shown as "-" rather than as a misleading best.
     positive = lambda col: [v if not isnan(v) and v > 0 else math.nan for v in rows[col]]  # noqa: E731
-    cols += [compute("train", list(rows["train_seconds"]), False, duration),
+    cols += [compute("train-time", list(rows["train_seconds"]), False, duration),
              compute("GPU-h", positive("gpu_hours"), False, _fixed(2)),
              compute("img/s", list(rows["images_per_second"]), True, _fixed(1)),
              compute("peak-mem", positive("peak_memory_bytes"), False,
@@ -160,7 +160,7 @@ def default_ids(board: Board, cols: list[Column], per_class: bool, fmt: str) -> 
 
 
 KEY_IDS = ("method", "name", "kind", "config", "settings", "n", "seeds", "network", "iters")
-COMPUTE_IDS = ("train", "GPU-h", "img/s", "peak-mem")
+COMPUTE_IDS = ("train-time", "GPU-h", "img/s", "peak-mem")  # not "train": that is a class
 MIOU_IDS = tuple(miou_col(s) for s in ("19", "16", "13"))
 
 

@@ -201,7 +201,7 @@ def to_latex(boards: list[Board], warnings: list[str], per_class: bool = False,
 
 _RAW = {"method": ["method"], "name": ["name"], "kind": ["kind"], "config": ["config_hash"],
         "settings": ["differs"], "n": ["n"], "seeds": ["seeds"], "network": ["network"], "iters": ["iters"],
-        "train": ["train_seconds"], "GPU-h": ["gpu_hours"], "img/s": ["images_per_second"],
+        "train-time": ["train_seconds"], "GPU-h": ["gpu_hours"], "img/s": ["images_per_second"],
         "peak-mem": ["peak_memory_bytes"]}
 _TABLE_ID = ["kind", "benchmark", "spec_hash", "val_set"]
 _REPORTED_EXTRA = ["udabench_method", "architecture", "source", "caveats"]
