@@ -90,21 +90,20 @@ def plot_cmd(runs: tuple[str, ...], out: Path | None, size: str | None, overwrit
     error bars over seeds (for two, with A - B per class). A RUN is a run directory, run id, run
     name, method name or config hash prefix; names that fit several configurations are refused.
     """
-    from udabench.results.pictures import chart_format, classes_chart, default_size, read_metrics, run_chart, write_chart
+    from udabench.results.pictures import chart_format, default_size, render, sides_figure, write_chart
 
     fmt = chart_format(out) if out is not None else "png"
     size = size or default_size(fmt)
     if out is not None and out.exists() and not overwrite:  # say so before reading anything
         raise UserError(f"{out} already exists; nothing was written (remove it, choose another --out, or --overwrite)")
     sides = _resolve(runs, benchmark, output_dir, config_file)
-    if len(sides) == 1 and len(sides[0].records) == 1:
-        record = sides[0].records[0]
-        run_dir = Path(record["run_dir"])
+    fig, protocol = sides_figure([(s.label, s.records) for s in sides], size)
+    if out is not None:
+        target = out
+    elif len(sides) == 1 and len(sides[0].records) == 1:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        target = out if out is not None else run_dir / "plots" / f"summary-{stamp}.{fmt}"
-        data = run_chart(record, read_metrics(run_dir / "metrics.jsonl"), fmt, size)
+        target = Path(sides[0].records[0]["run_dir"]) / "plots" / f"summary-{stamp}.{fmt}"
     else:
-        target = out if out is not None else Path("plot-" + "-vs-".join(_slug(s.label) for s in sides) + f".{fmt}")
-        data = classes_chart([(s.label, s.records) for s in sides], fmt, size)
-    path = write_chart(target, data, overwrite)
+        target = Path("plot-" + "-vs-".join(_slug(s.label) for s in sides) + f".{fmt}")
+    path = write_chart(target, render(fig, fmt, protocol), overwrite)
     console.print(f"chart written to {path}", highlight=False, soft_wrap=True)

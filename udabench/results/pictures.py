@@ -371,6 +371,19 @@ def classes_chart(sides: list[tuple[str, list[dict[str, Any]]]], fmt: str = "png
     return render(classes_figure(sides, size), fmt, protocol_line({k: v for k, v in first.items() if k != "seed"}))
 
 
+def sides_figure(sides: list[tuple[str, list[dict[str, Any]]]], size: str = "screen") -> tuple[Any, str]:
+    """What ``udabench plot`` draws, and the protocol line for the file's metadata: one run alone
+    gets bars and its training curves; anything else per-class bars with error bars over seeds."""
+    from udabench.report import protocol_line
+
+    if len(sides) == 1 and len(sides[0][1]) == 1:
+        record = sides[0][1][0]
+        metrics = read_metrics(Path(record["run_dir"]) / "metrics.jsonl") if record.get("run_dir") else []
+        return run_figure(record, metrics, size), protocol_line(record)
+    first = sides[0][1][0]
+    return classes_figure(sides, size), protocol_line({k: v for k, v in first.items() if k != "seed"})
+
+
 def comparison_chart(label_a: str, records_a: list[dict[str, Any]], label_b: str,
                      records_b: list[dict[str, Any]], fmt: str = "png", size: str = "screen") -> bytes:
     """A vs B (COMPARE_PIXELS as a screen PNG): ``classes_chart`` of two sides."""
