@@ -158,3 +158,20 @@ def test_plugins_load_through_the_entry_point_group(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text("[udabench.datasets]\nbroken = no_such_module_xyz\n")
     with pytest.raises(UserError, match=r"dataset plug-in 'broken' \(no_such_module_xyz\) failed"):
         _load_plugins()
+
+
+def test_a_target_train_split_shipped_without_labels(night, tmp_path):
+    """Dark Zurich ships no labels for its training split: verify and prepare check its images,
+    and still check every validation label."""
+    root = tmp_path / "no-train-labels"
+    shutil.copytree(night, root)
+    shutil.rmtree(root / "gt" / "train")
+    report = verify_dataset("tiny-night", root)
+    assert not report.problems and report.splits["train"] == {"images": 6, "labels": 0, "pairs": 6}
+    manifest = prepare_dataset("tiny-night", root)
+    train = [e for e in manifest.entries if e.split == "train"]
+    assert len(train) == 6 and all(e.detail == "the split has no labels" for e in train)
+    assert len(build_dataset("tiny-night", root, "train")) == 6  # the label-free view
+    shutil.rmtree(root / "gt" / "val")  # labels of a scored split are never optional
+    with pytest.raises(DataError, match=r"no-train-labels/gt/val not found"):
+        verify_dataset("tiny-night", root)

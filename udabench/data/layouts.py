@@ -241,6 +241,12 @@ def scan(kind: str | DatasetSpec, root: Path, split: str = "train", with_labels:
     return result
 
 
+def labels_expected(spec: DatasetSpec, root: Path, split: str) -> bool:
+    """Whether verify and prepare check the labels of a split: always, except for the target's
+    unlabelled training split when its label folder is absent (Dark Zurich ships none)."""
+    return split not in spec.unlabelled_splits or base_folder(spec.labels, root, split).is_dir()
+
+
 def label_files(spec: DatasetSpec, root: Path, split: str) -> dict[str, Path]:
     """id -> label file of a split (no images needed); unusable entries raise one DataError."""
     check_root(spec, root)

@@ -130,7 +130,9 @@ def process_item(kind: str | DatasetSpec, root: Path, item: Item, opts: PrepareO
     label = None
     if item.label is None:
         if entry.image_ok:
-            entry.status, entry.detail = MISSING_LABEL, f"label {item.expected_label} not found"
+            entry.status = MISSING_LABEL
+            entry.detail = (f"label {item.expected_label} not found" if item.expected_label
+                            else "the split has no labels")
     else:
         label = _check_label(spec, entry, root / item.label)
     if entry.image_ok and label is not None and entry.label_size != entry.image_size:
@@ -190,10 +192,11 @@ def _items(spec: DatasetSpec, root: Path) -> tuple[list[Item], list[Entry]]:
     for split in spec.splits:
         image_base = layouts.base_folder(spec.images, root, split)
         label_base = layouts.base_folder(spec.labels, root, split)
-        s = layouts.scan(spec, root, split, with_labels=True)
-        for pairs, has_label in ((s.pairs, True), (s.unlabelled, False)):
+        s = layouts.scan(spec, root, split, layouts.labels_expected(spec, root, split))
+        for pairs, paired in ((s.pairs, True), (s.unlabelled, False)):
             for p in pairs:
-                label = _rel(p.label, root)  # type: ignore[arg-type]
+                label = _rel(p.label, root) if p.label is not None else None  # None: no labels
+                has_label = paired and label is not None
                 items.append(Item(split, p.id, _rel(p.image, root), label if has_label else None,
                                   None if has_label else label, file_stat(p.image),
                                   file_stat(p.label) if has_label else None))  # type: ignore[arg-type]

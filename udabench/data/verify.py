@@ -246,10 +246,12 @@ def verify_dataset(kind: str | DatasetSpec, root: Path, quick: bool = False, wor
     spec, root = get_dataset(kind), Path(root)
     layouts.check_root(spec, root)
     report = VerifyReport(spec.name, root)
-    scans = [layouts.scan(spec, root, split, with_labels=True) for split in spec.splits]
+    scans = [layouts.scan(spec, root, split, layouts.labels_expected(spec, root, split))
+             for split in spec.splits]
     for s in scans:
+        labelled = sum(p.label is not None for p in s.pairs)
         report.splits[s.split] = {"images": len(s.pairs) + len(s.missing_labels),
-                                  "labels": len(s.pairs) + len(s.orphan_labels), "pairs": len(s.pairs)}
+                                  "labels": labelled + len(s.orphan_labels), "pairs": len(s.pairs)}
         report.problems += [Problem("unusable file", p, why) for p, why in s.problems]
         report.problems += [Problem("missing label", p) for p in s.missing_labels]
         report.problems += [Problem("orphan label", p) for p in s.orphan_labels]
