@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.test_results_store import make_run, synthetic_matrices
+from tests.results_kit import make_run, synthetic_matrices
 from udabench.cli import main
 from udabench.results import api
 

@@ -6,20 +6,11 @@ import re
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.test_results_store import make_run, synthetic_matrices
-from udabench.cli import main
+from tests.results_kit import invoke, make_run, one_error, synthetic_matrices
 from udabench.results.store import index_run, store_path
 
 HOW = "udabench run source-only --benchmark minicity-gta2cs"
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 @pytest.fixture
@@ -36,14 +27,6 @@ def out(tmp_path):
     return root
 
 
-def _one_line_error(result, *parts):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("indexed ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for part in parts:
-        assert part in lines[0]
-
-
 def test_empty_store_says_how_to_make_a_run(tmp_path):
     empty = tmp_path / "nothing"
     for cmd in (["runs"], ["leaderboard"], ["leaderboard", "--format", "json"]):
@@ -52,17 +35,17 @@ def test_empty_store_says_how_to_make_a_run(tmp_path):
     result = invoke("runs", "--benchmark", "minicity-synthia2cs", "--output-dir", empty)
     assert "udabench run source-only --benchmark minicity-synthia2cs" in result.output.replace("\n", "")
     assert not empty.exists()  # reading never creates a store
-    _one_line_error(invoke("compare", "clst", "source-only", "--output-dir", empty), "no finished runs", HOW)
+    one_error(invoke("compare", "clst", "source-only", "--output-dir", empty), "no finished runs", HOW)
 
 
 def test_bad_arguments_are_one_line_errors(out):
-    _one_line_error(invoke("compare", "clst", "nope", "--output-dir", out),
+    one_error(invoke("compare", "clst", "nope", "--output-dir", out),
                     "unknown method or run 'nope'", "clst, oracle, self-training, source-only")
-    _one_line_error(invoke("leaderboard", "--benchmark", "minicity-gta2c", "--output-dir", out),
+    one_error(invoke("leaderboard", "--benchmark", "minicity-gta2c", "--output-dir", out),
                     "unknown benchmark 'minicity-gta2c'", "did you mean 'minicity-gta2cs'")
-    _one_line_error(invoke("runs", "--benchmark", "nosuch", "--output-dir", out), "unknown benchmark 'nosuch'")
+    one_error(invoke("runs", "--benchmark", "nosuch", "--output-dir", out), "unknown benchmark 'nosuch'")
     # Methods whose latest runs use different spec hashes cannot be compared.
-    _one_line_error(invoke("compare", "clst", "self-training", "--output-dir", out), "compare needs the same benchmark")
+    one_error(invoke("compare", "clst", "self-training", "--output-dir", out), "compare needs the same benchmark")
     assert invoke("leaderboard", "--format", "xml", "--output-dir", out).exit_code == 2
 
 
@@ -127,7 +110,7 @@ def test_compare_refuses_different_image_sets_and_scores_synthia_subsets(tmp_pat
     ids = [f"img{i}" for i in range(20)]
     make_run(root, "a", 0, synthetic_matrices(rng, 20, 0.7), ids=ids)
     make_run(root, "b", 0, synthetic_matrices(rng, 20, 0.7), ids=[f"other{i}" for i in range(20)])
-    _one_line_error(invoke("compare", "a", "b", "--output-dir", root), "different validation images", "0 in common")
+    one_error(invoke("compare", "a", "b", "--output-dir", root), "different validation images", "0 in common")
     kw = dict(benchmark="minicity-synthia2cs", subsets=("16", "13"), convention="B", spec="synthia000001")
     for name, acc in (("c", 0.8), ("d", 0.4)):  # indexed the way `udabench run` does at its end
         index_run(store_path(root), make_run(root, name, 0, synthetic_matrices(rng, 20, acc), **kw))

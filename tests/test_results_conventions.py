@@ -6,10 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.test_results_store import make_run, synthetic_matrices
-from udabench.cli import main
+from tests.results_kit import invoke, make_run, synthetic_matrices
 from udabench.metrics import apply_convention, iou_from_matrix
 from udabench.results.aggregate import load_reported
 from udabench.results.view import open_view
@@ -17,13 +15,6 @@ from udabench.taxonomy import CLASS_NAMES, SUBSETS
 
 SYN = dict(benchmark="minicity-synthia2cs", subsets=("16", "13"), convention="B", spec="synthia000001")
 CLASSES_16 = [CLASS_NAMES[i] for i in SUBSETS["16"]]
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def _rows(root, *args):

@@ -9,20 +9,11 @@ import sqlite3
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.test_results_store import make_run, synthetic_matrices
-from udabench.cli import main
+from tests.results_kit import invoke, make_run, synthetic_matrices
 from udabench.results import load_records
 from udabench.results.store import SCHEMA_VERSION, index_run, store_path
 from udabench.results.view import StoreNotice, open_view
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 @pytest.fixture

@@ -8,21 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from matplotlib.text import Text
 
-from tests.test_results_store import make_run, synthetic_matrices
-from udabench.cli import main
+from tests.results_kit import invoke, make_run, synthetic_matrices
 from udabench.results import pictures
 from udabench.results.view import open_view
 from udabench.taxonomy import CLASS_NAMES, SUBSETS
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 @pytest.fixture

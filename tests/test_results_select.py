@@ -8,30 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.test_results_store import make_run, synthetic_matrices
-from udabench.cli import main
+from tests.results_kit import invoke, make_run, one_error, synthetic_matrices
 from udabench.errors import DataError, UserError
 from udabench.results.select import resolve
 from udabench.results.store import index_run, reindex, remembered_folders, store_path
 from udabench.results.view import open_view
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def one_error(result, *parts):
-    assert result.exit_code == 2, result.output
-    lines = [x for x in result.stderr.splitlines() if x.strip() and not x.startswith("indexed ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
