@@ -1,5 +1,6 @@
 """The reference methods, shipped as ``udabench.methods``; importing this registers them."""
 from . import oracle, source_only  # noqa: F401
 from . import adversarial  # noqa: F401  (adversarial, minent)
-from . import self_training  # noqa: F401  (self-training, self-training-online)
+from . import self_training  # noqa: F401  (self-training: CBST)
+from . import self_training_online  # noqa: F401
 from . import clst  # noqa: F401  (clst)

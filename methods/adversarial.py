@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from udabench.method import (Allowed, Discriminator, Method, OptimConfig, OptimizerSpec,
-                             StepOutput, UserError, normalised_entropy, register_method,
-                             self_information, setting, supervised_loss, upsampled_probs)
+from udabench.method import (Allowed, ConfigError, Discriminator, Method, OptimConfig,
+                             OptimizerSpec, StepOutput, UserError, normalised_entropy,
+                             register_method, self_information, setting, supervised_loss,
+                             upsampled_probs)
 
 SOURCE_LABEL = 0.0  # domain labels of AdaptSegNet/AdvEnt
 TARGET_LABEL = 1.0
@@ -61,6 +62,27 @@ def gan_loss(d_out: torch.Tensor, label: float, gan: str) -> torch.Tensor:
     if gan == "lsgan":
         return F.mse_loss(d_out, target)
     return F.binary_cross_entropy_with_logits(d_out, target)
+
+
+# Published schedules (stop / poly horizon): AdaptSegNet train_gta2cityscapes_multi.py stops at
+# 150k of a 250k horizon; ADVENT's config stops at 120k of 250k on GTA5, and its SYNTHIA runs
+# (the authors' DADA configs) train 90k with a 90k horizon.
+ADAPTSEGNET_SCHEDULE = {"iters": 150_000, "decay_iters": 250_000}
+
+
+def advent_schedule(bench) -> dict[str, int]:
+    if bench.source_kind == "synthia":
+        return {"iters": 90_000, "decay_iters": 90_000}
+    return {"iters": 120_000, "decay_iters": 250_000}
+
+
+def require_aux_head(multi_level: bool, model, name: str) -> None:
+    """A multi-level recipe needs the segmenter's auxiliary head: refused before any work."""
+    if multi_level and not model.multi_level:
+        raise ConfigError(
+            f"model.multi_level = false is not allowed with methods.{name}.multi_level = true: the "
+            f"multi-level recipe needs the auxiliary head; drop model.multi_level=false or set "
+            f"methods.{name}.multi_level=false")
 
 
 def _resolve_levels(method: Method, multi_level: bool, name: str) -> list[str]:
@@ -113,7 +135,20 @@ class Adversarial(Method):
 
     @classmethod
     def model_defaults(cls, cfg: AdversarialConfig) -> dict:
-        return {"multi_level": True} if cfg.resolved_multi_level() else {}
+        # The released AdaptSegNet classifier sums only the dilation-6 and -12 branches (a
+        # `return` inside its loop; its LS-GAN variant is the same code); ADVENT sums all four.
+        out = {"aspp_branches": 2 if cfg.input == "softmax" else 4}
+        if cfg.resolved_multi_level():
+            out["multi_level"] = True
+        return out
+
+    @classmethod
+    def published_schedule(cls, cfg: AdversarialConfig, bench) -> dict[str, int]:
+        return advent_schedule(bench) if cfg.input == "entropy" else ADAPTSEGNET_SCHEDULE
+
+    @classmethod
+    def check_plan(cls, cfg: AdversarialConfig, model) -> None:
+        require_aux_head(cfg.resolved_multi_level(), model, "adversarial")
 
     def __init__(self, segmenter: nn.Module, cfg: AdversarialConfig, ctx):
         super().__init__(segmenter, cfg, ctx)
@@ -168,8 +203,7 @@ class MinEntConfig(OptimConfig):
     ent_weight: float = setting(0.001, ge=0, doc="main level")
     ent_aux_weight: float = setting(0.0002, ge=0, doc="aux level, when multi-level")
     aux_weight: float = setting(0.1, ge=0, doc="segmentation CE of the aux head on the source")
-    multi_level: bool | None = setting(None, free=True,
-                                       doc="None = follow the segmenter (aux term iff it has one)")
+    multi_level: bool = setting(True, free=True, doc="ADVENT's minent.yml: MULTI_LEVEL True")
 
 
 @register_method("minent", description="ADVENT's MinEnt: entropy minimisation on the target")
@@ -178,12 +212,21 @@ class MinEnt(Method):
 
     Config = MinEntConfig
 
+    @classmethod
+    def model_defaults(cls, cfg: MinEntConfig) -> dict:
+        return {"multi_level": cfg.multi_level, "aspp_branches": 4}  # ADVENT's network
+
+    @classmethod
+    def published_schedule(cls, cfg: MinEntConfig, bench) -> dict[str, int]:
+        return advent_schedule(bench)
+
+    @classmethod
+    def check_plan(cls, cfg: MinEntConfig, model) -> None:
+        require_aux_head(cfg.multi_level, model, "minent")
+
     def __init__(self, segmenter: nn.Module, cfg: MinEntConfig, ctx):
         super().__init__(segmenter, cfg, ctx)
-        multi = cfg.multi_level
-        if multi is None:
-            multi = getattr(segmenter, "aux_head", None) is not None
-        self.levels = _resolve_levels(self, multi, "minent")
+        self.levels = _resolve_levels(self, cfg.multi_level, "minent")
         self.weights = {"main": cfg.ent_weight, "aux": cfg.ent_aux_weight}
 
     def training_step(self, source: dict, target: dict, step: int) -> StepOutput:

@@ -6,7 +6,8 @@ Domain Adaptation in Semantic Segmentation", 2021 (published 51.6 mIoU19 GTA5->C
 this is a faithful reconstruction from the paper's description, every choice a setting below, the
 defaults udabench proposals. Its results are NOT a reproduction of the published numbers.
 
-Per step after ``warmup_iters`` source-only steps (or from ``init_from``, a source-only checkpoint):
+Per step after ``warmup_iters`` source-only steps (none when the run starts from a finished
+source-only run, ``train.init_from``):
   L = CE(source) [+ aux_weight CE_aux] + w_cl * L_cl + w_st * L_st
 - L_cl: layer4 features (optionally an MLP projection), L2-normalised per pixel; labels brought to
   the feature grid by nearest (centre) sampling: source ground truth, target pseudo-labels. Class
@@ -32,7 +33,7 @@ from torch import nn
 
 from udabench.method import (ENSEMBLE_MODES, IGNORE, Allowed, EnsembleLayout, Method,
                              MethodContext, OptimConfig, StepOutput, TemporalEnsemble, UserError,
-                             load_segmenter_weights, register_method, setting, supervised_loss)
+                             register_method, setting, supervised_loss)
 
 ENSEMBLE_FILE = "clst_ensemble.bin"
 
@@ -43,8 +44,7 @@ class CLSTConfig(OptimConfig):
 
     aux_weight: float = setting(0.1, ge=0, doc="auxiliary head CE on source, when multi-level")
     warmup_iters: int = setting(-1, ge=-1, doc="source-only steps first; -1 = a quarter of the run "
-                                                "(0 with init_from)")
-    init_from: str = setting("", free=True, doc="a source-only checkpoint (last.pt or state dict)")
+                                                "(0 when started from a run: train.init_from)")
     tau: float = setting(0.1, gt=0, doc="temperature of the centroid contrastive softmax")
     w_cl: float = setting(0.1, ge=0, doc="weight of the contrastive centroid loss")
     w_st: float = setting(1.0, ge=0, doc="weight of the self-training loss")
@@ -146,10 +146,7 @@ class CLST(Method):
         self.register_buffer("cb_hist", torch.zeros(C, 256, dtype=torch.float64))
         self.register_buffer("visits", torch.zeros(ctx.target_train_size, dtype=torch.int64))
         self.warmup = cfg.warmup_iters if cfg.warmup_iters >= 0 else \
-            (0 if cfg.init_from else ctx.total_iters // 4)
-        if cfg.init_from:
-            load_segmenter_weights(self.segmenter, Path(cfg.init_from).expanduser(),
-                                   "methods.clst.init_from")
+            (0 if ctx.init_from else ctx.total_iters // 4)
         grid = segmenter.feature_size(*self._input_size(ctx))
         layout = EnsembleLayout(ctx.target_train_size, C, grid, cfg.ensemble_mode)
         self.ensemble = TemporalEnsemble(Path(ctx.scratch_dir) / ENSEMBLE_FILE, layout,

@@ -37,14 +37,17 @@ def test_registered_specs_follow_the_protocol():
 
 
 def test_hash_covers_every_number_changing_field_but_not_the_description():
-    payload = {f.name: getattr(GTA2CS, f.name) for f in dataclasses.fields(GTA2CS)
-               if f.name != "description"}
+    from udabench.benchmarks import protocol_fields
+
+    payload = {f.name: getattr(GTA2CS, f.name) for f in protocol_fields()}
+    assert {f.name for f in dataclasses.fields(GTA2CS)} - set(payload) == {"description", "run_defaults"}
     expect = hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
     assert GTA2CS.hash() == expect[:12]
     assert dataclasses.replace(GTA2CS, description="other words").hash() == GTA2CS.hash()
-    changes = dict(version=2, source_train_size=(1280, 640), crop_size=(512, 512),
+    changes = dict(version=3, source_train_size=(1280, 640), crop_size=(512, 512),
                    convention="B", subsets=("19", "16"), eval_input_size=(2048, 1024),
-                   align_corners=True, flip_p=0.0, scale_range=(0.5, 2.0), source_subdir="GTA")
+                   align_corners=True, flip_p=0.5, scale_range=(0.5, 2.0), source_subdir="GTA",
+                   interpolation="bilinear", val_images=499)
     hashes = {dataclasses.replace(GTA2CS, **{k: v}).hash() for k, v in changes.items()}
     assert len(hashes) == len(changes) and GTA2CS.hash() not in hashes
     assert len({b.hash() for b in (GTA2CS, SYNTHIA2CS, MINICITY_GTA2CS, MINICITY_SYNTHIA2CS)}) == 4

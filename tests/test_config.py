@@ -121,9 +121,9 @@ def test_errors_blame_the_set_item_not_the_file(tmp_path):
 
 
 def test_value_errors_of_later_sections_name_their_origin(tmp_path):
-    cfg = load_config(write(tmp_path, "[methods.clst]\nw_cl = 0.5\n\n[model]\ninit = 'x'\n"),
-                      sets=["methods.clst.tau=-1"])
-    assert str(cfg.blame(ConfigError("methods.clst.tau = -1 is not allowed"))).startswith("--set methods.clst.tau=-1: ")
+    cfg = load_config(write(tmp_path, "[methods.clst]\nw_cl = 0.5\n\n[model]\ninit = 'scratch'\n"),
+                      sets=["methods.clst.tau=0.5"])
+    assert str(cfg.blame(ConfigError("methods.clst.tau = 0.5 is not allowed"))).startswith("--set methods.clst.tau=0.5: ")
     assert str(cfg.blame(ConfigError("model.init: no such file"))).startswith(f"{tmp_path / 'udabench.toml'}:5: ")
     assert str(cfg.blame(ConfigError("train.iters = 0 ..."))) == "train.iters = 0 ..."  # a default: no origin
 
@@ -138,3 +138,10 @@ def test_non_utf8_file_is_one_line(tmp_path):
 def test_a_run_config_json_is_pointed_at_from():
     with pytest.raises(ConfigError, match="udabench run --from"):
         load_config(REPO / "tests" / "fixtures" / "run_records.json")
+
+
+def test_tables_of_methods_the_run_does_not_use_are_checked_too(tmp_path):
+    with pytest.raises(ConfigError, match=r"udabench.toml:2: methods.clst.tau = -1.0 is not allowed"):
+        load_config(write(tmp_path, "[methods.clst]\ntau = -1\n"))
+    with pytest.raises(ConfigError, match=r"--set benchmarks.gta2cs.flip_p=2: benchmarks.gta2cs.flip_p = 2.0"):
+        load_config(sets=["benchmarks.gta2cs.flip_p=2"])

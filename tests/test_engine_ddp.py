@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from udabench.engine.checkpoint import load_checkpoint
+from tests.faultkit import run_dir_in
 from tests.helpers import tiny_toml
 
 
@@ -30,8 +31,7 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    runs = {name: next((tmp_path / name).iterdir()) for name in ("single", "ddp")}
-    assert len(list((tmp_path / "ddp").iterdir())) == 1  # one run directory, made by rank 0
+    runs = {name: run_dir_in(tmp_path / name) for name in ("single", "ddp")}  # one each (rank 0)
     a = load_checkpoint(runs["single"] / "checkpoints" / "last.pt")["method"]
     b = load_checkpoint(runs["ddp"] / "checkpoints" / "last.pt")["method"]
     # Parameters follow the averaged gradients and must agree; BatchNorm running statistics are

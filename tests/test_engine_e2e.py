@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from udabench.cli import main
 from udabench.engine.checkpoint import load_checkpoint
+from tests.faultkit import run_dir_in
 from udabench.engine.rundir import RunDir
 from udabench.engine.trainer import Trainer
 from tests.helpers import tiny_toml
@@ -62,7 +63,10 @@ def test_run_writes_a_complete_run_directory(workdir):
 @pytest.mark.slow
 def test_interrupt_then_resume_equals_straight_run(workdir, monkeypatch):
     assert run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--out", "straight").exit_code == 0
-    straight = next((workdir / "straight").iterdir())
+    # --out names the output folder: the run goes to OUT/<benchmark>/<method>/<run-id>
+    straight = run_dir_in(workdir / "straight")
+    assert straight.parent == workdir / "straight" / "minicity-gta2cs" / "source-only"
+    assert (workdir / "straight" / "store.sqlite").is_file()  # indexed into OUT's own store
 
     original = Trainer.train_step
 
@@ -76,7 +80,7 @@ def test_interrupt_then_resume_equals_straight_run(workdir, monkeypatch):
     r = run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--out", "cut")
     assert r.exit_code == 130 and "interrupted at iteration 3" in r.output and "--resume" in r.output
     monkeypatch.setattr(Trainer, "train_step", original)
-    cut = next((workdir / "cut").iterdir())
+    cut = run_dir_in(workdir / "cut")
     assert load_checkpoint(RunDir(cut).checkpoint)["step"] == 3
     r = run_cli("run", "--resume", str(cut))
     assert r.exit_code == 0, r.output
@@ -130,3 +134,86 @@ def test_oracle_is_recorded_as_not_uda(workdir):
     assert r.exit_code == 0, r.output
     rec = json.loads((only_run_dir(workdir, "oracle") / "result.json").read_text())
     assert rec["uda"] is False and "NOT UDA" in r.output
+
+
+@pytest.mark.slow
+def test_self_training_starts_from_a_finished_source_only_run(workdir):
+    """CBST's protocol: start from the source-only run of the same benchmark, seed, network and
+    training settings; made first (an ordinary indexed run) when there is none, reused after."""
+    r = run_cli("run", "self-training", "--benchmark", "minicity-gta2cs", "--name", "cbst", "--tag", "t1")
+    assert r.exit_code == 0, r.output
+    assert "none found: making it first" in r.output
+    src = only_run_dir(workdir, "source-only")
+    st = only_run_dir(workdir, "self-training")
+    rec = json.loads((st / "result.json").read_text())
+    init = rec["init_from"]
+    assert init["run_id"] == src.name and init["run_dir"] == str(src.resolve())
+    import hashlib
+
+    assert init["sha256"] == hashlib.sha256((src / "checkpoints" / "last.pt").read_bytes()).hexdigest()
+    assert rec["name"] == "cbst" and rec["tags"] == ["t1"] and rec["planned_iters"] == rec["iters"] == 6
+    assert rec["eval"]["val_fingerprint"].startswith("3-")
+    assert json.loads((src / "result.json").read_text())["method"] == "source-only"  # a normal run
+    # a second self-training run (another name) reuses the finished source-only run
+    r = run_cli("run", "self-training", "--benchmark", "minicity-gta2cs", "--name", "again")
+    assert r.exit_code == 0, r.output
+    assert "starts from the finished source-only run" in r.output
+    assert len(list((workdir / "runs" / "minicity-gta2cs" / "source-only").iterdir())) == 1
+    # train.init_from=none: CBST from model.init with a source-only warm-up, no source run needed
+    r = run_cli("run", "self-training", "--benchmark", "minicity-gta2cs", "--set", "train.init_from=none")
+    assert r.exit_code == 0, r.output
+    recs = [json.loads((d / "result.json").read_text())
+            for d in (workdir / "runs" / "minicity-gta2cs" / "self-training").iterdir()]
+    assert sorted(str(x["init_from"] and x["init_from"]["run_id"]) for x in recs) == sorted(
+        [src.name, src.name, "None"])
+
+
+@pytest.mark.slow
+def test_from_reproduces_a_run_bit_for_bit_and_data_may_move(workdir, monkeypatch):
+    assert run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--seed", "2",
+                   "--set", "methods.source-only.lr=0.02").exit_code == 0
+    first = only_run_dir(workdir)
+    r = run_cli("run", "--from", str(first))
+    assert r.exit_code == 0, r.output
+    second = next(d for d in (workdir / "runs" / "minicity-gta2cs" / "source-only").iterdir() if d != first)
+    a, b = (json.loads((d / "config.json").read_text()) for d in (first, second))
+    assert a["seed"] == b["seed"] == 2 and b["method_config"]["lr"] == 0.02
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (first, second))
+    assert ra["config_hash"] == rb["config_hash"] and ra["iou"] == rb["iou"]
+    ca, cb = (load_checkpoint(d / "checkpoints" / "last.pt")["method"] for d in (first, second))
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
+    # --from with a change: a new config
+    r = run_cli("run", "--from", str(first), "--set", "methods.source-only.lr=0.03", "--seed", "4")
+    assert r.exit_code == 0, r.output
+    # paths are recorded absolute: eval works from any folder, and UDABENCH_DATA finds moved data
+    assert json.loads((first / "config.json").read_text())["data_root"].startswith("/")
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run_cli("eval", str(first)).exit_code == 0
+    data = json.loads((first / "config.json").read_text())["data_root"]
+    moved = workdir / "moved-data"
+    import shutil
+
+    shutil.copytree(data, moved)
+    monkeypatch.setenv("UDABENCH_DATA", str(moved))
+    r = run_cli("eval", str(first))
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.slow
+def test_an_incomplete_validation_set_stops_the_run_before_training(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (tmp_path / "udabench.toml").write_text(tiny_toml(data, tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--iters", "1").exit_code == 0
+    val = sorted(data.glob("minicity/*/cityscapes/leftImg8bit/val/*/*.png"))
+    assert len(val) == 3
+    stem = val[0].name.replace("_leftImg8bit.png", "")
+    val[0].unlink()
+    for label in data.glob(f"minicity/*/cityscapes/gtFine/val/*/{stem}_gtFine_*.png"):
+        label.unlink()
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").rglob("*"))
+    r = run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--iters", "1")
+    assert r.exit_code == 2 and "scored on 3 validation images but 2 were found" in r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").rglob("*")) == before

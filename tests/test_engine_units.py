@@ -133,6 +133,29 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     assert (t.run_dir.path / "divergence.json").exists()
 
 
+def test_nan_message_names_the_cause_and_never_offers_a_resume_without_checkpoint(tmp_path):
+    t = make_trainer(tmp_path / "a", method=TwoNets(nan_at=3), iters=6)
+    with pytest.raises(TrainingDiverged) as e:
+        t.fit({})
+    assert "--resume" in str(e.value) and str(t.run_dir.path) in str(e.value)
+    t = make_trainer(tmp_path / "b", method=TwoNets(nan_at=1), iters=6)  # before any checkpoint
+    with pytest.raises(TrainingDiverged) as e:
+        t.fit({})
+    msg = str(e.value)
+    assert "--resume" not in msg and "nothing to resume" in msg and "\n" not in msg
+    assert not (t.run_dir.path / "divergence.json").exists()
+
+    class NanTerm(TwoNets):  # a logged term that is not finite is named as the cause
+        def training_step(self, source, target, step):
+            out = super().training_step(source, target, step)
+            out.logs["ce_target"] = float("nan")
+            return out
+
+    t = make_trainer(tmp_path / "c", method=NanTerm(nan_at=0), iters=6)
+    with pytest.raises(TrainingDiverged, match=r"non-finite term\(s\) ce_target"):
+        t.fit({})
+
+
 def test_resume_is_exact(tmp_path):
     seed_everything(0)
     full = make_trainer(tmp_path / "a", iters=6)
@@ -283,9 +306,10 @@ def test_method_model_defaults_then_user_overrides(tmp_path):
 
 def test_benchmark_method_defaults_yield_to_user_settings(tmp_path):
     from udabench.config import TrainConfig
-    from udabench.engine.runner import MINICITY_DEFAULTS, resolve_plan
+    from udabench.benchmarks import MINICITY_DEFAULTS
+    from udabench.engine.runner import resolve_plan
 
-    lr = dict(MINICITY_DEFAULTS.method)["lr"]
+    lr = MINICITY_DEFAULTS.method_settings("source-only", {"lr"})["lr"]
     plan = resolve_plan("source-only", "minicity-gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
     assert plan.method_config["lr"] == lr
     plan = resolve_plan("source-only", "minicity-gta2cs", 0, TrainConfig(), {}, {"lr": 0.5}, {}, tmp_path, tmp_path)

@@ -196,7 +196,7 @@ def test_trainer_routes_generator_and_discriminator_losses(tmp_path):
 
 def test_minent_known_value():
     s = math.log(2.0)  # white target -> p = (1/2, 1/4, 1/4)
-    m = MinEnt(FakeSeg(s), MinEntConfig(), ctx())
+    m = MinEnt(FakeSeg(s), MinEntConfig(multi_level=False), ctx())
     assert m.levels == ["main"]
     out = m.training_step(*batches(), 0)
     h = 1.5 * math.log(2) / math.log(3)
@@ -216,6 +216,31 @@ def test_multi_level_needs_the_aux_head():
     assert list(single.discriminators) == ["main"]
     with pytest.raises(ConfigError, match="methods.adversarial.d_lr"):
         AdversarialConfig(d_lr=0.0)
+
+
+def test_recipes_choose_network_and_schedule_per_method_and_benchmark(tmp_path):
+    """AdaptSegNet's released classifier sums 2 ASPP branches, ADVENT's 4; AdaptSegNet stops at
+    150k of 250k, ADVENT at 120k of 250k on GTA5 and 90k of 90k on SYNTHIA; MinEnt is multi-level."""
+    from udabench.config import TrainConfig
+    from udabench.engine.plan import resolve_plan
+
+    def plan(method, bench, **over):
+        return resolve_plan(method, bench, 0, TrainConfig(), {}, over, {}, tmp_path, tmp_path)
+
+    want = {("adversarial", "gta2cs", "softmax"): (2, 150_000, 250_000),
+            ("adversarial", "synthia2cs", "softmax"): (2, 150_000, 250_000),
+            ("adversarial", "gta2cs", "entropy"): (4, 120_000, 250_000),
+            ("adversarial", "synthia2cs", "entropy"): (4, 90_000, 90_000),
+            ("minent", "gta2cs", None): (4, 120_000, 250_000),
+            ("minent", "synthia2cs", None): (4, 90_000, 90_000)}
+    for (method, bench, inp), (branches, iters, decay) in want.items():
+        p = plan(method, bench, **({"input": inp} if inp else {}))
+        assert (p.model.aspp_branches, p.train.iters, p.train.decay_iters) == (branches, iters, decay)
+        assert p.model.multi_level is True
+    assert plan("adversarial", "gta2cs", gan="lsgan").model.multi_level is False
+    assert plan("minent", "minicity-gta2cs").train.iters == 300  # MiniCity: one budget
+    with pytest.raises(ConfigError, match="model.multi_level = false is not allowed with methods.minent"):
+        resolve_plan("minent", "gta2cs", 0, TrainConfig(), {"multi_level": False}, {}, {}, tmp_path, tmp_path)
 
 
 def test_registered_with_published_defaults():

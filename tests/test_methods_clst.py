@@ -309,23 +309,11 @@ def test_resume_mid_ensemble_is_bitwise_exact(tmp_path):
     assert int(resumed.method.visits.sum()) == int(full.method.visits.sum()) == 10
 
 
-def test_init_from_checkpoint_and_grid_from_target_images(tmp_path):
-    from udabench.engine.checkpoint import save_checkpoint
-    from udabench.methods.source_only import SourceOnly, SourceOnlyConfig
-
-    torch.manual_seed(1)
-    seg = build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 3)
+def test_warmup_and_grid_from_target_images(tmp_path):
     ctx = MethodContext(3, torch.device("cpu"), 0, 100, 5,
                         [{"image": torch.zeros(3, 48, 96, dtype=torch.uint8)}], tmp_path)
-    save_checkpoint(tmp_path / "so.pt", {"method": SourceOnly(seg, SourceOnlyConfig(), ctx).state_dict()})
-    m = CLST(build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 3),
-             CLSTConfig(init_from=str(tmp_path / "so.pt")), ctx)
-    for (n, p), (_, q) in zip(seg.state_dict().items(), m.segmenter.state_dict().items()):
-        assert torch.equal(p, q), n
-    assert m.warmup == 0 and m.ensemble.layout.grid == (6, 12)  # 48x96 input at stride 8
-    assert CLST(build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 3),
-                CLSTConfig(), ctx).warmup == 25  # a quarter of the run by default
-    wrong = build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 5)
-    with pytest.raises(UserError, match="does not fit this segmenter"):
-        CLST(wrong, CLSTConfig(init_from=str(tmp_path / "so.pt")),
-             MethodContext(5, torch.device("cpu"), 0, 100, 5, None, tmp_path))
+    m = CLST(build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 3), CLSTConfig(), ctx)
+    assert m.warmup == 25 and m.ensemble.layout.grid == (6, 12)  # a quarter; 48x96 at stride 8
+    ctx.init_from = "20261203-000000-s0-abcdef"  # started from a finished source-only run
+    m = CLST(build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 3), CLSTConfig(), ctx)
+    assert m.warmup == 0

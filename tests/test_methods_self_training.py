@@ -17,9 +17,8 @@ from udabench.errors import UserError
 from udabench.method import MethodContext
 from udabench.method import ConfidenceCollector, pseudo_labels, window_labels
 from udabench.method import cross_entropy as ce_ignore_safe
-from udabench.methods.self_training import (
-    OnlineSelfTraining, OnlineSelfTrainingConfig, SelfTraining, SelfTrainingConfig,
-)
+from udabench.methods.self_training import SelfTraining, SelfTrainingConfig
+from udabench.methods.self_training_online import OnlineSelfTraining, OnlineSelfTrainingConfig
 from udabench.models import SegmenterConfig, build_segmenter
 from udabench.registry import METHODS
 from tests.helpers import NoTargetLabels as Poisoned
@@ -34,23 +33,53 @@ MAP = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.7, 0.3, 0.0],
 
 
 
+def test_official_threshold_rank_known_values():
+    """CRST's kc_parameters: index floor(p N) - 1 of the sorted confidences; 1 when floor(p N) = 0."""
+    col = ConfidenceCollector(3)
+    col.add(MAP)
+    # p = 0.25: class 0 floor(1.0) = 1 -> index 0 -> .9 ; class 1 floor(0.5) = 0 -> 1 ; class 2 -> 1
+    lam = col.thresholds(0.25)
+    assert torch.allclose(lam, torch.tensor([0.9, 1.0, 1.0]))
+    assert pseudo_labels(MAP, lam).flatten().tolist() == [0, 255, 255, 255, 255, 255]
+    # p = 0.5: class 0 floor(2) = 2 -> index 1 -> .8 ; class 1 floor(1) = 1 -> index 0 -> .6
+    lam = col.thresholds(0.5)
+    assert torch.allclose(lam, torch.tensor([0.8, 0.6, 1.0]))
+    # divided maxima 1.125, 1.0, .875, .8 (class 1), 1.0 (class 1), .75
+    assert pseudo_labels(MAP, lam).flatten().tolist() == [0, 0, 255, 255, 1, 255]
+
+
+def test_subsampling_is_per_class_and_per_image():
+    # classes of a 1x4 map: 0 1 1 0 with confidences .9 .8 .7 .6: every 2nd pixel OF EACH CLASS
+    # keeps .9 (class 0) and .8 (class 1); a global stride would keep .9 and .7
+    probs = torch.tensor([[0.9, 0.2, 0.3, 0.6], [0.1, 0.8, 0.7, 0.4]]).reshape(1, 2, 1, 4)
+    col = ConfidenceCollector(2, stride=2)
+    col.add(probs)
+    assert torch.allclose(col.thresholds(1.0), torch.tensor([0.9, 0.8]))
+    batch, single = ConfidenceCollector(2, stride=2), ConfidenceCollector(2, stride=2)
+    batch.add(torch.cat([probs, probs.flip(-1)]))  # per image, not across the batch
+    single.add(probs)
+    single.add(probs.flip(-1))
+    assert [torch.cat(v).tolist() for v in batch.values] == [torch.cat(v).tolist() for v in single.values]
+
+
 def test_class_balanced_thresholds_and_labels_known_values():
+    """The ``floor`` rank (udabench 0.1): index floor(p N)."""
     col = ConfidenceCollector(3)
     col.add(MAP)
     # p = 0.25: class 0 rank floor(1.0) = 1 -> .8 ; class 1 rank floor(0.5) = 0 -> .6 ; class 2 -> 1
-    lam = col.thresholds(0.25)
+    lam = col.thresholds(0.25, "floor")
     assert torch.allclose(lam, torch.tensor([0.8, 0.6, 1.0]))
     # divided maxima: 1.125, 1.0, .875, .8 (class 1), 1.0 (class 1), .75 -> keep >= 1
     assert pseudo_labels(MAP, lam).flatten().tolist() == [0, 0, 255, 255, 1, 255]
     # p = 0.5: class 0 rank 2 -> .7 ; class 1 rank 1 -> .45. Pixel 3 has argmax 0 but
     # .48/.45 > .52/.7: the class-balanced rule labels it 1.
-    lam = col.thresholds(0.5)
+    lam = col.thresholds(0.5, "floor")
     assert torch.allclose(lam, torch.tensor([0.7, 0.45, 1.0]))
     assert pseudo_labels(MAP, lam).flatten().tolist() == [0, 0, 0, 1, 1, 1]
     # subsampling every 2nd pixel keeps pixels 0, 2, 4: class 0 {.9, .7}, class 1 {.6}
     sub = ConfidenceCollector(3, stride=2)
     sub.add(MAP)
-    assert torch.allclose(sub.thresholds(0.5), torch.tensor([0.7, 0.6, 1.0]))
+    assert torch.allclose(sub.thresholds(0.5, "floor"), torch.tensor([0.7, 0.6, 1.0]))
     # global threshold 0.9 == constant lambda: argmax where confidence >= 0.9
     assert pseudo_labels(MAP, torch.full((3,), 0.9)).flatten().tolist() == [0] + [255] * 5
 
@@ -107,8 +136,8 @@ def tiny_segmenter(seed=0):
     return build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 19)
 
 
-def context(scratch, images, total=5):
-    return MethodContext(19, torch.device("cpu"), 0, total, len(images), images, Path(scratch))
+def context(scratch, images, total=5, **kw):
+    return MethodContext(19, torch.device("cpu"), 0, total, len(images), images, Path(scratch), **kw)
 
 
 def test_stored_labels_follow_the_batch_geometry(tmp_path):
@@ -133,19 +162,52 @@ def test_stored_labels_follow_the_batch_geometry(tmp_path):
 def test_schedule_and_defaults(tmp_path):
     view = Synth(2, 0, labels=False)
     m = SelfTraining(tiny_segmenter(), SelfTrainingConfig(), context(tmp_path, view, total=100))
-    assert (m.warmup, m.round_iters) == (50, 17)  # half warm-up, then 3 rounds
-    assert [m.round_at(s) for s in (0, 49, 50, 66, 67, 99)] == [-1, -1, 0, 0, 1, 2]
+    assert m.warmup == 50 and m.round_starts == [50, 67, 83]  # half warm-up, then 3 rounds
+    assert [m.round_at(s) for s in (0, 49, 50, 66, 67, 82, 83, 99)] == [-1, -1, 0, 0, 1, 1, 2, 2]
     portions, shares = zip(*(m.schedule(k) for k in range(8)))
     assert portions == pytest.approx([0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.5])
     assert shares == pytest.approx([0.03, 0.0325, 0.035, 0.0375, 0.04, 0.0425, 0.045, 0.0475])
     assert m.schedule(20)[1] == pytest.approx(0.06)
     c = SelfTrainingConfig()
     assert (c.lr, c.poly_power, c.threshold, c.global_threshold) == (5e-5, 0.0, "class_balanced", 0.9)
-    assert METHODS.get("self-training") is SelfTraining
+    assert (c.threshold_rank, c.source_mixing, c.label_scale, c.label_flip) == ("official", "images", 0.9, True)
+    assert METHODS.get("self-training") is SelfTraining and SelfTraining.warm_start == "source-only"
     assert METHODS.get("self-training-online") is OnlineSelfTraining
     with pytest.raises(UserError, match="target train images"):
         SelfTraining(tiny_segmenter(), SelfTrainingConfig(),
                      MethodContext(19, torch.device("cpu"), 0, 5, 2, None, tmp_path))
+    # started from a finished run: no warm-up; rounds in proportion to their lists (2 target +
+    # floor(s_k x 1000) source images: 32, 34, 37)
+    m = SelfTraining(tiny_segmenter(), SelfTrainingConfig(),
+                     context(tmp_path, view, total=103, init_from="run-1", source_size=1000))
+    assert m.warmup == 0 and m.round_starts == [0, 32, 66]
+    assert [m.list_size(k) for k in range(3)] == [(2, 30), (2, 32), (2, 35)]
+
+
+def test_round_lists_mix_the_published_share_of_source_images(tmp_path):
+    view = Synth(10, 0, labels=False)
+    m = SelfTraining(tiny_segmenter(), SelfTrainingConfig(source_share_start=0.5, source_share_max=0.5),
+                     context(tmp_path, view, total=60, init_from="r", source_size=20))
+    assert m.list_size(0) == (10, 10) and m.round_starts == [0, 20, 40]  # 2 epochs per round
+    # one epoch of the round list = 20 slots = 10 steps of batch 2: exactly 10 source slots
+    slots = torch.cat([m.slot_is_source(step, 2) for step in range(10)])
+    assert int(slots.sum()) == 10
+    again = torch.cat([m.slot_is_source(step, 2) for step in range(10)])
+    assert torch.equal(slots, again)  # a function of (seed, round, epoch): resume sees the same
+    nxt = torch.cat([m.slot_is_source(step, 2) for step in range(10, 20)])
+    assert int(nxt.sum()) == 10 and not torch.equal(nxt, slots)  # the next epoch is reshuffled
+
+
+def test_published_schedule_on_the_real_protocol(tmp_path):
+    from udabench.config import TrainConfig
+    from udabench.engine.plan import resolve_plan
+
+    plan = resolve_plan("self-training", "gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    # 3 rounds x 2 epochs over 2,975 + floor(s_k x 24,966) images (748, 811, 873) at batch 2
+    assert (plan.train.iters, plan.train.decay_iters, plan.train.batch_size) == (11357, 11357, 2)
+    assert plan.model.bn_mode == "frozen" and plan.model.aspp_branches == 4
+    mini = resolve_plan("self-training", "minicity-gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    assert mini.train.iters == 300  # MiniCity: one budget for every method
 
 
 def test_ignored_pixels_give_zero_loss_not_nan():
@@ -156,20 +218,19 @@ def test_ignored_pixels_give_zero_loss_not_nan():
     assert ce_ignore_safe(logits, label).item() == pytest.approx(ref.item())
 
 
-def test_init_checkpoint_loads_the_segmenter(tmp_path):
-    view = Synth(2, 0, labels=False)
+def test_weights_of_a_finished_run_load_into_the_segmenter(tmp_path):
+    from udabench.method import load_segmenter_weights
+
     src = tiny_segmenter(seed=7)
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"method": {f"segmenter.{k}": v for k, v in src.state_dict().items()}})
-    m = SelfTraining(tiny_segmenter(seed=1), SelfTrainingConfig(init_checkpoint=str(path)),
-                     context(tmp_path, view))
-    assert m.warmup == 0
-    for (k, a), b in zip(src.state_dict().items(), m.segmenter.state_dict().values()):
+    dst = tiny_segmenter(seed=1)
+    load_segmenter_weights(dst, path, "train.init_from")
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
         assert torch.equal(a, b), k
     save_checkpoint(path, {"method": {"segmenter.head.convs.0.weight": torch.zeros(1)}})
-    with pytest.raises(UserError, match="init_checkpoint"):
-        SelfTraining(tiny_segmenter(), SelfTrainingConfig(init_checkpoint=str(path)),
-                     context(tmp_path, view))
+    with pytest.raises(UserError, match="train.init_from: .*does not fit this segmenter"):
+        load_segmenter_weights(tiny_segmenter(), path, "train.init_from")
 
 
 # -- exact resume mid-round ---------------------------------------------------------------------
@@ -181,8 +242,9 @@ def make_run(path, iters=ITERS):
     run = RunDir(path).create()
     view = Synth(6, 2, labels=False)
     cfg = SelfTrainingConfig(warmup_iters=1, round_iters=2, label_batch_size=4, lr=1e-3,
-                             label_workers=0, pixel_stride=2, source_share_start=0.3)
-    method = SelfTraining(tiny_segmenter(), cfg, context(run.scratch, view, ITERS))
+                             label_workers=0, pixel_stride=2, source_share_start=0.3,
+                             source_share_max=0.3)
+    method = SelfTraining(tiny_segmenter(), cfg, context(run.scratch, view, ITERS, source_size=6))
     source = InfiniteLoader(Synth(6, 1, labels=True, transform=AUG), 2, 0, "source")
     target = InfiniteLoader(Synth(6, 2, labels=False, transform=AUG), 2, 0, "target")
     s = LoopSettings(iters=iters, decay_iters=ITERS, grad_accum=1, log_every=100,

@@ -10,19 +10,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from udabench.data import layouts
 from udabench.data.datasets import SegmentationDataset, build_dataset
 from udabench.data.transforms import ResizeImage, TrainTransform
+from udabench.config import coerce
 from udabench.errors import ConfigError, DataError
 from udabench.minicity.params import MiniCityParams
 from udabench.registry import did_you_mean, register_benchmark
+from udabench.settings import Allowed, check_settings, setting
 from udabench.taxonomy import SUBSETS
 
+
+def protocol_fields() -> list[dataclasses.Field]:
+    """The fields that define a protocol: hashed, and settable in [benchmarks.<name>]."""
+    return [f for f in fields(Benchmark) if f.name != "description"
+            and f.metadata.get("protocol", True)]
+
 Size = tuple[int, int]  # (W, H)
+_SIZE = dict(min_len=2, max_len=2, item=Allowed(ge=1))
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 def _hw(size: Size) -> tuple[int, int]:
@@ -30,50 +41,101 @@ def _hw(size: Size) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class RunDefaults:
+    """How runs on a benchmark are sized by default: not protocol (not in the spec hash) but
+    recorded in every run's config.json, and overridable from udabench.toml / --set. The benchmark
+    owns these, so the engine knows no benchmark by name."""
+
+    iters: int
+    decay_iters: int
+    batch_size: int
+    checkpoint_every: int
+    model: tuple[tuple[str, Any], ...] = ()  # SegmenterConfig fields
+    # Method settings every method on this benchmark starts from ("*": any method whose config has
+    # the key), and per method name; applied before udabench.toml and --set.
+    method: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    # True on the real protocols: a method's published schedule (iterations, decay horizon,
+    # batch) replaces these defaults. False on MiniCity, whose budget is the same for every method.
+    published_schedules: bool = True
+
+    def model_settings(self) -> dict[str, Any]:
+        return dict(self.model)
+
+    def method_settings(self, name: str, keys: set[str]) -> dict[str, Any]:
+        """The defaults for method ``name`` (only keys its config has)."""
+        out: dict[str, Any] = {}
+        for who, values in self.method:
+            if who in ("*", name):
+                out.update({k: v for k, v in values if k in keys})
+        return out
+
+
+@dataclass(frozen=True)
 class Benchmark:
+    """A benchmark protocol. Every field but ``description`` and ``run_defaults`` is protocol:
+    part of ``hash()``, and overridable in ``[benchmarks.<name>]`` (the hash then changes)."""
+
     name: str
-    version: int
-    description: str
-    source_kind: str  # gta5 | synthia
-    source_subdir: str  # below the data root
-    target_kind: str  # cityscapes
-    target_subdir: str
-    subsets: tuple[str, ...]  # scored class subsets, headline first
-    source_train_size: Size  # (W, H) source images are resized to for training
-    target_train_size: Size
-    eval_input_size: Size  # (W, H) the network sees at evaluation
-    eval_label_size: Size  # (W, H) of the ground truth logits are upsampled to
-    num_classes: int = 19
-    convention: str = "A"  # 16-class convention (protocol.md 5.5)
-    crop_size: Size | None = None  # None = no crop, the classic recipe
-    scale_range: tuple[float, float] | None = None  # random scaling of the resized image
-    flip_p: float = 0.5  # horizontal flip probability in training
-    interpolation: str = "bilinear"  # image resizing (labels: nearest)
-    align_corners: bool = False
-    minicity: MiniCityParams | None = None  # generated on first use when set
+    version: int = setting(ge=1, doc="bumped whenever the protocol changes")
+    description: str = setting(free=True)
+    source_kind: str = setting(nonempty=True, doc="a registered dataset (gta5, synthia, ...)")
+    source_subdir: str = setting(nonempty=True, doc="folder below the data root")
+    target_kind: str = setting(nonempty=True)
+    target_subdir: str = setting(nonempty=True)
+    subsets: tuple[str, ...] = setting(min_len=1, item=Allowed(choices=tuple(SUBSETS)),
+                                       doc="scored class subsets, headline first")
+    source_train_size: Size = setting(doc="(W, H) source images are resized to", **_SIZE)
+    target_train_size: Size = setting(**_SIZE)
+    eval_input_size: Size = setting(doc="(W, H) the network sees at evaluation", **_SIZE)
+    eval_label_size: Size = setting(doc="(W, H) of the ground truth logits are upsampled to", **_SIZE)
+    num_classes: int = setting(19, choices=(19,))
+    convention: str = setting("A", choices=("A", "B"), doc="16-class convention (docs/protocol.md)")
+    crop_size: Size | None = setting(None, doc="None = no crop, the classic recipe", **_SIZE)
+    scale_range: tuple[float, float] | None = setting(None, min_len=2, max_len=2, item=Allowed(gt=0),
+                                                      doc="random scaling of the resized image")
+    flip_p: float = setting(0.0, ge=0, le=1, doc="horizontal flip probability in training")
+    interpolation: str = setting("bicubic", choices=INTERPOLATIONS, doc="image resizing (labels: nearest)")
+    align_corners: bool = setting(False, free=True)
+    val_images: int = field(default=0, metadata={
+        "allowed": Allowed(ge=0), "legacy": 0,
+        "doc": "images the validation set must have (MiniCity: its generated count); 0 = not fixed"})
+    minicity: MiniCityParams | None = setting(None, free=True, doc="generated on first use when set")
+    run_defaults: RunDefaults | None = field(default=None, compare=False,
+                                             metadata={"protocol": False})
 
     def __post_init__(self) -> None:
+        check_settings(self, f"benchmarks.{self.name}")
         for kind in (self.source_kind, self.target_kind):
             layouts.layout(kind)
-        unknown = [s for s in self.subsets if s not in SUBSETS]
-        if unknown or not self.subsets:
-            raise ConfigError(f"benchmark {self.name}: subsets {unknown or '()'} not in "
-                              f"{', '.join(SUBSETS)}")
-        if self.convention not in ("A", "B"):
-            raise ConfigError(f"benchmark {self.name}: convention '{self.convention}' is not A or B")
-        sizes = [self.source_train_size, self.target_train_size, self.eval_input_size,
-                 self.eval_label_size] + ([self.crop_size] if self.crop_size else [])
-        if any(len(s) != 2 or min(s) < 1 for s in sizes):
-            raise ConfigError(f"benchmark {self.name}: sizes must be positive (W, H) pairs")
+        if self.scale_range is not None and self.scale_range[0] > self.scale_range[1]:
+            raise ConfigError(f"benchmarks.{self.name}.scale_range = {list(self.scale_range)} is not "
+                              "allowed: expected [low, high] with low <= high")
         mc = self.minicity
         if mc is not None and tuple(self.eval_label_size) != (mc.width, mc.height):
-            raise ConfigError(f"benchmark {self.name}: eval_label_size {self.eval_label_size} must "
-                              f"equal the generated MiniCity size ({mc.width}, {mc.height})")
+            raise ConfigError(f"benchmarks.{self.name}.eval_label_size = {list(self.eval_label_size)} "
+                              f"is not allowed: it must equal the generated MiniCity size "
+                              f"[{mc.width}, {mc.height}]")
+
+    @property
+    def expected_val_images(self) -> int:
+        """How many validation images an evaluation must cover (0 = not fixed by the protocol)."""
+        if self.val_images:
+            return self.val_images
+        return self.minicity.n_target_val if self.minicity is not None else 0
+
+    @property
+    def defaults(self) -> RunDefaults:
+        if self.run_defaults is None:
+            raise ConfigError(f"benchmark {self.name} declares no run defaults (iters, batch, ...)")
+        return self.run_defaults
 
     # -- identity ---------------------------------------------------------------------------
     def hash(self) -> str:
         """Short sha256 of every field that changes numbers (not the description)."""
-        payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "description"}
+        # A field added after version 1 is left out while it holds the value that reproduces the
+        # older protocols, so their hashes (and the results filed under them) stay valid.
+        payload = {f.name: getattr(self, f.name) for f in protocol_fields()
+                   if not ("legacy" in f.metadata and getattr(self, f.name) == f.metadata["legacy"])}
         if self.minicity is not None:
             payload["minicity"] = self.minicity.key()
         blob = json.dumps(payload, sort_keys=True, default=list)
@@ -81,17 +143,28 @@ class Benchmark:
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Benchmark":
         """A copy with fields replaced (e.g. from ``[benchmarks.<name>]``); the hash follows."""
-        names = [f.name for f in fields(self)]
+        names = [f.name for f in protocol_fields()] + ["description"]
+        hints = typing.get_type_hints(Benchmark)
         changes: dict[str, Any] = {}
         for key, value in overrides.items():
+            where = f"benchmarks.{self.name}.{key}"
             if key not in names or key == "name":
-                raise ConfigError(f"benchmarks.{self.name}.{key} is not a benchmark setting"
-                                  f"{did_you_mean(key, names)}")
+                raise ConfigError(f"{where} is not a benchmark setting{did_you_mean(key, names)}; "
+                                  f"known: {', '.join(n for n in names if n != 'name')}")
             if key == "minicity":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: expected a table of MiniCity settings, got {value!r}")
                 base = dataclasses.asdict(self.minicity or MiniCityParams())
-                value = MiniCityParams(**{**base, **value})
-            elif isinstance(value, list):
-                value = tuple(value)
+                unknown = [k for k in value if k not in base]
+                if unknown:
+                    raise ConfigError(f"{where}.{unknown[0]} is not a MiniCity setting"
+                                      f"{did_you_mean(unknown[0], list(base))}; known: {', '.join(base)}")
+                try:
+                    value = MiniCityParams(**{**base, **value})
+                except ConfigError as exc:
+                    raise ConfigError(f"benchmarks.{self.name}.{exc}") from None
+            else:
+                value = coerce(value, hints[key], where)
             changes[key] = value
         return dataclasses.replace(self, **changes)
 
@@ -165,22 +238,44 @@ def _register(bench: Benchmark) -> Benchmark:
     return register_benchmark(bench.name, bench.description)(bench)
 
 
-_CS = dict(target_kind="cityscapes", target_subdir="cityscapes", convention="A")
+# The classic DeepLabV2 recipe: batch 1 + 1, poly decay over 250k iterations, stop at 120k
+# (methods with a published schedule of their own replace these on the real protocols).
+REAL_DEFAULTS = RunDefaults(iters=120_000, decay_iters=250_000, batch_size=1, checkpoint_every=5_000)
+
+# MiniCity: a tiny backbone trained from scratch, so that a full CLST run (about twice the cost
+# of a source-only step) fits 5 minutes on 2 CPU cores. The papers' lr of 2.5e-4 fine-tunes a
+# pretrained network; from scratch it barely moves in 300 steps, hence lr 0.01 for every method.
+# The discriminator shrinks with the segmenter: resnet-tiny is 4x narrower than ResNet-101's
+# stages (16-128 vs 64-512 channels), so ndf 64 -> 16 (at 64, D cost 6x the segmenter's step).
+MINICITY_DEFAULTS = RunDefaults(
+    iters=300, decay_iters=300, batch_size=8, checkpoint_every=100,
+    model=(("backbone", "resnet-tiny"), ("init", "scratch"), ("bn_mode", "frozen_affine")),
+    method=(("*", (("lr", 0.01), ("ndf", 16))),), published_schedules=False,
+)
+
+# Version 2 of the real protocols is the classic recipe's data pipeline: no mirroring and bicubic
+# image resizing (AdaptSegNet, ADVENT, CRST); version 1 flipped with p = 0.5 and resized bilinearly.
+# The validation set is all 500 Cityscapes val images, or the run fails before training.
+_CS = dict(target_kind="cityscapes", target_subdir="cityscapes", convention="A", flip_p=0.0,
+           interpolation="bicubic", val_images=500, run_defaults=REAL_DEFAULTS)
 
 GTA2CS = _register(Benchmark(
-    "gta2cs", 1, "GTA5 -> Cityscapes, 19 classes (the classic protocol)",
+    "gta2cs", 2, "GTA5 -> Cityscapes, 19 classes (the classic protocol)",
     "gta5", "gta5", subsets=("19",), source_train_size=(1280, 720), target_train_size=(1024, 512),
     eval_input_size=(1024, 512), eval_label_size=(2048, 1024), **_CS))
 
 SYNTHIA2CS = _register(Benchmark(
-    "synthia2cs", 1, "SYNTHIA-RAND-CITYSCAPES -> Cityscapes, 16 and 13 classes",
+    "synthia2cs", 2, "SYNTHIA-RAND-CITYSCAPES -> Cityscapes, 16 and 13 classes",
     "synthia", "synthia", subsets=("16", "13"), source_train_size=(1280, 760),
     target_train_size=(1024, 512), eval_input_size=(1024, 512), eval_label_size=(2048, 1024), **_CS))
 
 # MiniCity mirrors the real protocols at small size: generated at 512x256, trained at 256x128,
-# evaluated with 256x128 input and logits upsampled to the 512x256 labels.
+# evaluated with 256x128 input and logits upsampled to the 512x256 labels. (Still version 1's
+# flip 0.5 and bilinear resizing; its validation set is complete by construction.)
 _MINI = dict(source_train_size=(256, 128), target_train_size=(256, 128),
-             eval_input_size=(256, 128), eval_label_size=(512, 256), minicity=MiniCityParams(), **_CS)
+             eval_input_size=(256, 128), eval_label_size=(512, 256), minicity=MiniCityParams(),
+             target_kind="cityscapes", target_subdir="cityscapes", convention="A", flip_p=0.5,
+             interpolation="bilinear", run_defaults=MINICITY_DEFAULTS)
 
 MINICITY_GTA2CS = _register(Benchmark(
     "minicity-gta2cs", 1, "MiniCity game -> real (GTA5 format), 19 classes; generated, runs anywhere",

@@ -61,6 +61,9 @@ class TrainConfig(Settings):
     eval_flip: bool = setting(False, free=True, doc="test-time horizontal flip (recorded)")
     eval_scales: tuple[float, ...] = setting((1.0,), min_len=1, item=Allowed(gt=0, le=4),
                                              doc="test-time scales (recorded)")
+    init_from: str = setting("", free=True, doc="start from a finished run (directory, run id or "
+                             "name) or weights file; none = model.init only; '' = the method's "
+                             "published protocol (e.g. CBST starts from source-only)")
 
     def check(self) -> None:
         if not _DEVICE.match(self.device):
@@ -74,6 +77,11 @@ class TrainConfig(Settings):
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """A TOML value converted to the annotated type ``tp``; a ConfigError naming ``where``."""
+    return _coerce(value, tp, where)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -360,7 +368,40 @@ def _absolute(value: Path, base: Path) -> Path:
     return value if value.is_absolute() else (base / value).resolve()
 
 
-def _from_dict(data: dict[str, Any], file: Path | None, set_keys: set[str]) -> Config:
+def _check_tables(data: dict[str, Any]) -> None:
+    """Every [methods.X], [benchmarks.X] and [model] value is checked now, whichever method runs:
+    a mistake in a table this run does not use is still a mistake (and would bite the next run)."""
+    from udabench.models import SegmenterConfig
+    from udabench.registry import BENCHMARKS, METHODS
+
+    for kind, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS)):
+        for name, table in data.get(kind, {}).items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{kind}.{name} must be a [table], got {table!r}")
+            if name not in registry:  # a misspelt name would silently drop its settings
+                raise ConfigError(
+                    f"[{kind}.{name}] names no known {registry.kind}"
+                    f"{did_you_mean(name, registry.names())}; known: {', '.join(registry.names())}"
+                )
+            if kind == "methods":
+                apply_overrides(registry.get(name).Config(), table, f"methods.{name}")
+            else:
+                registry.get(name).with_overrides(table)
+    apply_overrides(SegmenterConfig(), data.get("model", {}), "model")
+
+
+def load_paths(path: Path | None = None) -> PathsConfig:
+    """Only the [paths] of the settings (for listing commands: no registry, no torch import)."""
+    file = find_config_file(path)
+    data = read_toml(file)[1] if file is not None else {}
+    try:
+        return _from_dict({"paths": data.get("paths", {})}, file, set(), check_tables=False).paths
+    except ConfigError as exc:
+        raise blame(exc, {"paths": str(file)} if file else {}) from None
+
+
+def _from_dict(data: dict[str, Any], file: Path | None, set_keys: set[str],
+               check_tables: bool = True) -> Config:
     sections = [f.name for f in dataclasses.fields(Config) if f.init and f.type in
                 ("PathsConfig", "TrainConfig", "dict[str, Any]", "dict[str, dict[str, Any]]")]
     for key, value in data.items():
@@ -387,17 +428,8 @@ def _from_dict(data: dict[str, Any], file: Path | None, set_keys: set[str]) -> C
         data_root=_absolute(paths.data_root, Path.cwd() if env else base("data_root")),
         output_dir=_absolute(paths.output_dir, base("output_dir")),
     )
-    from udabench.registry import BENCHMARKS, METHODS
-
-    for kind, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS)):
-        for name, table in data.get(kind, {}).items():
-            if not isinstance(table, dict):
-                raise ConfigError(f"{kind}.{name} must be a [table], got {table!r}")
-            if name not in registry:  # a misspelt name would silently drop its settings
-                raise ConfigError(
-                    f"[{kind}.{name}] names no known {registry.kind}"
-                    f"{did_you_mean(name, registry.names())}; known: {', '.join(registry.names())}"
-                )
+    if check_tables:
+        _check_tables(data)
     return Config(
         paths=paths,
         train=build(TrainConfig, data.get("train", {}), "train"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -26,12 +26,13 @@ from torch.utils.data import Dataset
 
 from udabench.ensemble import MODES as ENSEMBLE_MODES, EnsembleLayout, TemporalEnsemble  # noqa: F401
 from udabench.errors import ConfigError, DataError, UserError  # noqa: F401
-from udabench.methodkit.losses import (IGNORE, cross_entropy, multi_level_ce,  # noqa: F401
-                                       normalised_entropy, self_information, supervised_loss,
-                                       upsampled_probs)
+from udabench.methodkit.losses import (IGNORE, ce_sum, cross_entropy, mixed_ce,  # noqa: F401
+                                       multi_level_ce, normalised_entropy, self_information,
+                                       supervised_loss, upsampled_probs)
 from udabench.methodkit.pseudo import (ConfidenceCollector, batch_window_labels,  # noqa: F401
                                        ordered_loader, pseudo_labels, window_labels)
 from udabench.methodkit.teacher import ema_alpha, ema_update, make_teacher  # noqa: F401
+from udabench.data.datasets import sample_seed as hash_seed  # noqa: F401  (stable seeds from parts)
 from udabench.methodkit.weights import load_segmenter_weights  # noqa: F401
 from udabench.models.discriminator import Discriminator  # noqa: F401
 from udabench.registry import register_method  # noqa: F401
@@ -80,6 +81,13 @@ class MethodContext:
     rank: int = 0
     world_size: int = 1
     amp_dtype: torch.dtype | None = None
+    # The run this one started from (train.init_from: weights already loaded into the segmenter
+    # before the method was built), e.g. a finished source-only run; None = model.init only.
+    init_from: str | None = None
+    source_size: int = 0  # images in the (labelled) source training set
+    # scale -> the label-free target train split resized to scale x each image's full resolution
+    # (for pseudo-labelling passes the published code runs at another size than training)
+    target_view: Callable[[float], Dataset] | None = None
 
 
 @dataclass
@@ -158,6 +166,18 @@ class Method(nn.Module):
         """Segmenter settings this method's recipe needs (e.g. the multi-level head); applied
         before the user's [model] overrides, so a user can still change them."""
         return {}
+
+    @classmethod
+    def published_schedule(cls, cfg: Any, bench: Any) -> dict[str, int]:
+        """The published schedule on a real benchmark: any of ``iters`` (where training stops),
+        ``decay_iters`` (the poly horizon) and ``batch_size``; {} = the benchmark's defaults.
+        ``bench.source_kind`` tells GTA5 from SYNTHIA. Not used on MiniCity (one budget)."""
+        return {}
+
+    @classmethod
+    def check_plan(cls, cfg: Any, model: Any) -> None:
+        """Refuse, before any work starts, a method config that cannot work with this segmenter
+        config (raise ConfigError/UserError with one line)."""
 
     # -- description --------------------------------------------------------------------------
     @classmethod

@@ -96,10 +96,14 @@ class Score:
     pixel_accuracy: float
     convention: str
     pixels: int
+    # Per-class IoU from the matrix of the 16-class convention: what mIoU16/mIoU13 average
+    # (equal to ``iou`` under convention A; under B the ignored classes' rows are dropped).
+    iou_convention: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "iou": self.iou,
+            "iou_convention": self.iou_convention,
             "miou": self.miou,
             "pixel_accuracy": self.pixel_accuracy,
             "convention": self.convention,
@@ -131,6 +135,7 @@ def score_matrix(
         pixel_accuracy=float(np.trace(base) / total) if total else math.nan,
         convention=convention,
         pixels=total,
+        iou_convention={n: float(v) for n, v in zip(CLASS_NAMES, iou_c)},
     )
 
 

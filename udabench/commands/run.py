@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
 from udabench.config import load_config
-from udabench.errors import UserError
+from udabench.errors import ConfigError, UserError
 
 console = Console()
 
@@ -19,6 +20,8 @@ def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
     if seed is not None and seeds:
         raise UserError("give either --seed or --seeds, not both")
     if not seeds:
+        if seed is not None and seed < 0:
+            raise UserError(f"--seed {seed}: expected a non-negative integer")
         return [0 if seed is None else seed]
     out: list[int] = []
     try:
@@ -32,74 +35,177 @@ def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
     return out
 
 
+def plans_from_options(method, benchmark, seed, seeds, train_over, sets, config_file, out, name,
+                       tags, from_run):
+    """The resolved plans of a new ``run`` invocation (one per seed), with their settings' origins."""
+    from udabench.config import TrainConfig
+    from udabench.engine.plan import resolve_plan
+    from udabench.engine.runner import open_run
+
+    if from_run is not None:
+        base, _ = open_run(from_run)
+        if seed is None and not seeds:
+            seed = base.seed
+        method = method or base.method
+        benchmark = benchmark or base.benchmark
+        if (method, benchmark) != (base.method, base.benchmark):
+            raise UserError(f"--from {from_run} is a {base.method} run on {base.benchmark}; "
+                            "drop METHOD/--benchmark or give that run's")
+    if not method or not benchmark:
+        raise UserError("usage: udabench run METHOD --benchmark B (see `udabench methods` and "
+                        "`udabench benchmarks`)")
+    cfg = load_config(config_file, sets)
+    train = dataclasses.replace(cfg.train, **train_over)
+    model, method_over, bench_over = cfg.model, cfg.method_overrides(method), cfg.benchmark_overrides(benchmark)
+    if from_run is not None:  # the earlier run's resolved settings, then this invocation's changes
+        # (a settings file that spells out a default, like the shipped `iters = 0`, changes nothing)
+        changed = {k: getattr(cfg.train, k) for k in _explicit(cfg, "train")
+                   if getattr(cfg.train, k) != getattr(TrainConfig(), k)}
+        train = dataclasses.replace(base.train, **{**changed, **train_over})
+        model = {**dataclasses.asdict(base.model), **model}
+        method_over = {**base.method_config, **method_over}
+        bench_over = {**base.benchmark_overrides, **bench_over}
+        name = name or base.name
+        tags = tags or tuple(base.tags)
+    output_dir = Path(out).expanduser().resolve() if out else cfg.paths.output_dir
+    origins = dict(cfg.origins)
+    for key in train_over:
+        origins[f"train.{key}"] = f"--{key}"
+    plans = []
+    for s in parse_seeds(seed, seeds):
+        try:
+            plans.append(resolve_plan(method, benchmark, s, train, model, method_over, bench_over,
+                                      cfg.paths.data_root, output_dir, name=name, tags=tags,
+                                      origins=origins, spelled=cfg.spelled))
+        except ConfigError as exc:
+            raise cfg.blame(exc) from None
+    return plans
+
+
+def _explicit(cfg: Any, section: str) -> list[str]:
+    """Keys of a section the user set (file or --set) in this invocation."""
+    return [k.split(".", 1)[1] for k in cfg.origins if k.startswith(section + ".") and k.count(".") == 1]
+
+
+def with_init_from(plan: Any, make_warm_start) -> Any:
+    """Resolve ``train.init_from`` (or the method's published warm start) into the plan."""
+    from udabench.engine.plan import find_finished, resolve_init_from, resolve_plan
+    from udabench.registry import METHODS
+
+    token = plan.train.init_from
+    warm = METHODS.get(plan.method).warm_start
+    if token == "" and warm:
+        # The method's protocol starts from a trained model of another method (CBST from
+        # source-only): the finished run of that method with the same benchmark, seed, network
+        # and training settings; made first (an ordinary, indexed run) when there is none.
+        src = resolve_plan(warm, plan.benchmark, plan.seed,
+                           dataclasses.replace(plan.train, init_from="none"),
+                           dataclasses.asdict(plan.model), {}, plan.benchmark_overrides,
+                           Path(plan.data_root), Path(plan.output_dir))
+        found = find_finished(src)
+        if found is None:
+            console.print(f"{plan.method} starts from a finished {warm} run of {plan.benchmark}, "
+                          f"seed {plan.seed}, same network; none found: making it first "
+                          f"(train.init_from=none starts from model.init instead)")
+            found = make_warm_start(src)
+        else:
+            console.print(f"{plan.method} starts from the finished {warm} run {found}")
+        token = str(found)
+    init = resolve_init_from(token, Path(plan.output_dir))
+    return dataclasses.replace(plan, init_from=init)
+
+
+def execute_new(plan: Any, rank: int, world: int) -> dict[str, Any]:
+    """Make the run directory, train, evaluate, index; a run that fails before training leaves
+    no run directory behind."""
+    from udabench.engine.devices import shared_run_dir
+    from udabench.engine.runner import Run, new_run
+    from udabench.report import result_table
+
+    run_dir = shared_run_dir(new_run(plan) if rank == 0 else None, world)
+    lock = run_dir.lock() if rank == 0 else None
+    try:
+        if rank == 0:
+            label = f" [{plan.name}]" if plan.name else ""
+            console.print(f"[bold]{plan.method}[/]{label} on [bold]{plan.benchmark}[/], seed {plan.seed}: "
+                          f"{run_dir.path}")
+        record = Run(plan, run_dir, console).execute(resume=False)
+    except Exception:
+        if rank == 0:
+            lock.close()
+            lock = None
+            run_dir.discard_unstarted()
+        raise
+    finally:
+        if lock is not None:
+            lock.close()
+    if rank == 0:
+        console.print(result_table(record))
+    return record
+
+
 @click.command("run")
 @click.argument("method", required=False)
 @click.option("--benchmark", "-b", help="benchmark protocol (see `udabench benchmarks`)")
 @click.option("--seed", type=int, help="one seed (default 0)")
 @click.option("--seeds", help="several seeds, e.g. 0-2 or 0,1,2 (one run each)")
-@click.option("--iters", type=click.IntRange(min=1), help="training iterations (overrides train.iters)")
+@click.option("--iters", type=int, help="training iterations (overrides train.iters)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a setting, e.g. --set train.batch_size=4 --set methods.clst.w_cl=0.5")
 @click.option("--resume", type=click.Path(path_type=Path), help="continue the run in this directory")
+@click.option("--from", "from_run", type=click.Path(path_type=Path),
+              help="start a new run with the resolved settings of this run directory (change them with --set/--seed)")
 @click.option("--device", help="auto | cpu | cuda | cuda:N (overrides train.device)")
-@click.option("--out", type=click.Path(path_type=Path), help="parent folder of the run directory")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="output folder (paths.output_dir): runs go to OUT/<benchmark>/<method>/<run-id>, indexed in OUT/store.sqlite")
+@click.option("--name", help="a name for the run(s), shown by runs/leaderboard/compare and usable to select them")
+@click.option("--tag", "tags", multiple=True, help="a tag (repeatable)")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="settings file (default ./udabench.toml)")
-def run_cmd(method, benchmark, seed, seeds, iters, sets, resume, device, out, config_file) -> None:
+def run_cmd(method, benchmark, seed, seeds, iters, sets, resume, from_run, device, out, name, tags,
+            config_file) -> None:
     """Train METHOD on a benchmark, evaluate it, and write a run directory.
 
     Several GPUs: torchrun --nproc_per_node=N -m udabench run METHOD --benchmark B
     """
-    from udabench.engine.devices import init_distributed, shared_run_dir
-    from udabench.engine.runner import Run, new_run, open_run, resolve_plan
+    from udabench.engine.devices import init_distributed
+    from udabench.engine.plan import preflight
+    from udabench.engine.runner import Run, open_run
     from udabench.report import headline, result_table
 
     if resume is not None:
-        if method or benchmark or seeds or iters or sets or out:
+        if method or benchmark or seeds or iters or sets or out or from_run or name or tags:
             raise UserError("--resume takes the settings saved in the run directory; drop the other options")
         plan, run_dir = open_run(resume)
         if run_dir.result_file.exists():
             raise UserError(f"{resume} has already finished (result.json exists); nothing to resume")
         if device:
             plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, device=device))
-        plans = [(plan, run_dir)]
-    else:
-        if not method or not benchmark:
-            raise UserError("usage: udabench run METHOD --benchmark B (see `udabench methods` and `udabench benchmarks`)")
-        cfg = load_config(config_file, sets)
-        train = cfg.train
-        if iters:
-            train = dataclasses.replace(train, iters=iters)
-        if device:
-            train = dataclasses.replace(train, device=device)
-        plans = []
-        for s in parse_seeds(seed, seeds):
-            plan = resolve_plan(
-                method, benchmark, s, train, cfg.model, cfg.method_overrides(method),
-                cfg.benchmark_overrides(benchmark), cfg.paths.data_root, cfg.paths.output_dir,
-            )
-            plans.append((plan, None))
-    rank, world, _ = init_distributed()
-    records = []
-    for plan, run_dir in plans:
-        created = run_dir is None
-        run_dir = shared_run_dir(run_dir or (new_run(plan, out) if rank == 0 else None), world)
+        rank, world, _ = init_distributed()
+        preflight(plan, world)
         lock = run_dir.lock() if rank == 0 else None
         try:
-            if rank == 0:
-                console.print(f"[bold]{plan.method}[/] on [bold]{plan.benchmark}[/], seed {plan.seed}: {run_dir.path}")
-            record = Run(plan, run_dir, console).execute(resume=resume is not None)
-        except Exception:
-            if created and rank == 0:
-                lock.close()
-                lock = None
-                run_dir.discard_unstarted()
-            raise
+            record = Run(plan, run_dir, console).execute(resume=True)
         finally:
             if lock is not None:
                 lock.close()
         if rank == 0:
             console.print(result_table(record))
-        records.append(record)
+        return
+
+    if iters is not None and iters < 1:
+        raise UserError(f"--iters {iters}: expected a positive number of iterations")
+    train_over = {k: v for k, v in (("iters", iters), ("device", device)) if v is not None}
+    plans = plans_from_options(method, benchmark, seed, seeds, train_over, sets, config_file, out,
+                               name, tags, from_run)
+    rank, world, _ = init_distributed()
+    for plan in plans:  # every check before the first run starts
+        preflight(plan, world)
+
+    def warm_start(src):
+        preflight(src, world)
+        return Path(execute_new(with_init_from(src, warm_start), rank, world)["run_dir"])
+
+    records = [execute_new(with_init_from(plan, warm_start), rank, world) for plan in plans]
     if len(records) > 1 and rank == 0:
         for r in records:
             console.print(f"seed {r['seed']}: {headline(r)}  ({r['run_dir']})")

@@ -12,6 +12,7 @@ from udabench.engine.checkpoint import load_checkpoint
 from udabench.engine.devices import amp_settings, place
 from udabench.engine.evaluator import EvalSettings, evaluate
 from udabench.engine.rundir import RunDir
+from udabench.engine.plan import data_root_of
 from udabench.engine.runner import build_method, data_splits, open_run
 from udabench.errors import UserError
 from udabench.registry import BENCHMARKS, METHODS
@@ -50,7 +51,7 @@ def restore(target: Path, device: str | None = None, console: Console | None = N
     placement = place(device or plan.train.device)
     amp_dtype, _ = amp_settings(plan.train.amp, placement.device)
     bench = plan.bench()
-    sets = data_splits(bench, Path(plan.data_root), False, console)
+    sets = data_splits(bench, data_root_of(plan), False, console)
     method, _ = build_method(plan, bench, sets, placement, run_dir.scratch, amp_dtype)
     state = load_checkpoint(checkpoint, map_location=placement.device)
     if "method" not in state or state.get("method_name", plan.method) != plan.method:
@@ -75,7 +76,7 @@ def evaluate_run(target: Path, benchmark: str | None = None, device: str | None 
         raise UserError(f"{plan.benchmark} has {own.num_classes} classes, {bench.name} {bench.num_classes}")
     # The method is always built on its own benchmark (its state, e.g. CLST's ensemble, has that
     # shape); only the validation set comes from the benchmark asked for.
-    val = data_splits(bench, Path(plan.data_root), False, console).target_val
+    val = data_splits(bench, data_root_of(plan), False, console).target_val
     settings = EvalSettings((bench.eval_input_size[1], bench.eval_input_size[0]), bench.align_corners,
                             plan.train.eval_flip, tuple(plan.train.eval_scales))
     network, net = r.method.eval_network()

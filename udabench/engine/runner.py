@@ -4,60 +4,31 @@ benchmark -> datasets/loaders -> segmenter -> method -> trainer -> evaluator -> 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
-from udabench.config import TrainConfig, apply_overrides, build
+from udabench.config import build
 from udabench.data.loaders import InfiniteLoader
 from udabench.engine.checkpoint import load_checkpoint, seed_everything
 from udabench.engine.devices import amp_settings, peak_memory_bytes, place, rank0_first
 from udabench.engine.evaluator import EvalSettings, evaluate
+from udabench.engine.plan import (RunPlan, data_root_of, micro_batch, preflight,  # noqa: F401
+                                  resolve_plan)
 from udabench.engine.rundir import RunDir, environment, new_run_id, read_json, write_json
 from udabench.engine.trainer import LoopSettings, Trainer, throughput
-from udabench.errors import UserError
-from udabench.method import Method, MethodContext
-from udabench.models import SegmenterConfig, build_segmenter
-from udabench.registry import BENCHMARKS, METHODS
+from udabench.errors import DataError, UserError
+from udabench.method import Method, MethodContext, load_segmenter_weights
+from udabench.models import build_segmenter
+from udabench.registry import METHODS
 from udabench.results.store import index_run, store_path
 
-@dataclass(frozen=True)
-class RunDefaults:
-    """Training length and network per benchmark family: not protocol (not in the spec hash),
-    but recorded in every run's config.json. Any of it can be overridden from udabench.toml."""
-
-    iters: int
-    decay_iters: int
-    batch_size: int
-    checkpoint_every: int
-    model: SegmenterConfig
-    # Method settings every method on this benchmark starts from (only keys its config has).
-    method: tuple[tuple[str, Any], ...] = ()
-
-
-# The classic DeepLabV2 recipe: batch 1+1, decay horizon 250k, stop at 120k (methods.md).
-REAL_DEFAULTS = RunDefaults(120_000, 250_000, 1, 5_000, SegmenterConfig())
-# MiniCity: a tiny backbone trained from scratch, so that a full CLST run (about twice the cost
-# of a source-only step) fits 5 minutes on 2 CPU cores. The papers' lr of 2.5e-4 fine-tunes a
-# pretrained network; from scratch it barely moves in 300 steps, hence lr 0.01 for every method.
-# The discriminator shrinks with the segmenter: resnet-tiny is 4x narrower than ResNet-101's
-# stages (16-128 vs 64-512 channels), so ndf 64 -> 16 (at 64, D cost 6x the segmenter's step).
-MINICITY_DEFAULTS = RunDefaults(
-    300, 300, 8, 100, SegmenterConfig(backbone="resnet-tiny", init="scratch", bn_mode="frozen_affine"),
-    method=(("lr", 0.01), ("ndf", 16)),
-)
-
-
-def run_defaults(bench: Any) -> RunDefaults:
-    return MINICITY_DEFAULTS if getattr(bench, "minicity", None) is not None else REAL_DEFAULTS
-
+_micro_batch = micro_batch  # the name older tests import
 
 @dataclass
 class DataSplits:
@@ -66,6 +37,23 @@ class DataSplits:
     target_val: Any  # labelled target val at full label resolution
     target_images: Any  # target train without labels or augmentation (for pseudo-label rounds)
     target_train_labelled: Any | None = None  # oracle only
+    target_view: Any = None  # scale -> target train without labels at scale x full resolution
+
+
+@dataclass
+class ScaleImage:
+    """Resize each image to ``scale`` x its own size (a label-free view for pseudo-labelling
+    passes that the published code runs at a fraction of full resolution, e.g. CBST's 0.9)."""
+
+    scale: float
+    interpolation: str = "bilinear"
+
+    def __call__(self, sample: dict[str, Any], gen: Any = None) -> dict[str, Any]:
+        from udabench.data.transforms import resize_image
+
+        h, w = sample["image"].shape[-2:]
+        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        return {**sample, "image": resize_image(sample["image"], size, self.interpolation).contiguous()}
 
 
 def data_splits(bench: Any, data_root: Path, labelled_target: bool, console: Any = None) -> DataSplits:
@@ -78,108 +66,32 @@ def data_splits(bench: Any, data_root: Path, labelled_target: bool, console: Any
     images = build_dataset(bench.target_kind, target_root, "train", with_labels=False,
                            transform=ResizeImage(size, bench.interpolation))
     labelled = bench.target_train_labelled(data_root, console) if labelled_target else None
-    return DataSplits(source, target, val, images, labelled)
 
+    def target_view(scale: float) -> Any:
+        return build_dataset(bench.target_kind, target_root, "train", with_labels=False,
+                             transform=ScaleImage(scale, bench.interpolation))
 
-# Settings that change where/how fast a run goes but not its numbers: left out of the config hash.
-_NOT_HASHED = ("num_workers", "log_every", "eval_every", "checkpoint_every", "device", "compile")
-
-
-@dataclass
-class RunPlan:
-    """Everything that defines a run, fully resolved (saved as config.json)."""
-
-    method: str
-    benchmark: str
-    seed: int
-    train: TrainConfig
-    model: SegmenterConfig
-    method_config: dict[str, Any]
-    data_root: str
-    output_dir: str
-    spec_hash: str = ""
-    benchmark_overrides: dict[str, Any] = field(default_factory=dict)
-
-    def bench(self) -> Any:
-        """The benchmark spec this run uses ([benchmarks.<name>] overrides applied)."""
-        spec = BENCHMARKS.get(self.benchmark)
-        return spec.with_overrides(self.benchmark_overrides) if self.benchmark_overrides else spec
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
-
-    def config_hash(self) -> str:
-        """Hash of every setting that changes numbers (not the seed: seeds are aggregated)."""
-        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in _NOT_HASHED}
-        payload = {
-            "method": self.method, "benchmark": self.benchmark, "spec": self.spec_hash,
-            "train": train, "model": dataclasses.asdict(self.model), "method_config": self.method_config,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunPlan":
-        return cls(
-            method=d["method"], benchmark=d["benchmark"], seed=int(d["seed"]),
-            train=build(TrainConfig, d["train"], "config.json: train"),
-            model=build(SegmenterConfig, d["model"], "config.json: model"),
-            method_config=dict(d["method_config"]), data_root=d["data_root"],
-            output_dir=d["output_dir"], spec_hash=d.get("spec_hash", ""),
-            benchmark_overrides=d.get("benchmark_overrides", {}),
-        )
-
-
-def resolve_plan(
-    method: str, benchmark: str, seed: int, train: TrainConfig, model_overrides: dict[str, Any],
-    method_overrides: dict[str, Any], benchmark_overrides: dict[str, Any], data_root: Path,
-    output_dir: Path,
-) -> RunPlan:
-    """Fill the zeros of TrainConfig from the benchmark and check every override against its schema."""
-    bench = BENCHMARKS.get(benchmark)
-    if benchmark_overrides:  # a changed protocol gets its own spec hash, so it never mixes
-        bench = bench.with_overrides(benchmark_overrides)
-    method_cls = METHODS.get(method)
-    d = run_defaults(bench)
-    train = dataclasses.replace(
-        train,
-        iters=train.iters or d.iters,
-        decay_iters=train.decay_iters or (train.iters if train.iters else d.decay_iters),
-        batch_size=train.batch_size or d.batch_size,
-        checkpoint_every=train.checkpoint_every or d.checkpoint_every,
-    )
-    known = {f.name for f in dataclasses.fields(method_cls.Config)}
-    base = {k: v for k, v in d.method if k in known}
-    method_cfg = apply_overrides(method_cls.Config(), {**base, **method_overrides}, f"methods.{method}")
-    model = dataclasses.replace(d.model, **method_cls.model_defaults(method_cfg))
-    model = apply_overrides(model, model_overrides, "model")
-    return RunPlan(
-        method=method, benchmark=benchmark, seed=seed, train=train, model=model,
-        method_config=dataclasses.asdict(method_cfg), data_root=str(data_root),
-        output_dir=str(output_dir), spec_hash=bench.hash(), benchmark_overrides=benchmark_overrides,
-    )
-
-
-def _micro_batch(batch_size: int, world: int, accum: int) -> tuple[int, int]:
-    """Per-process micro-batch and accumulation steps for an effective batch independent of GPUs."""
-    accum = accum or 1
-    if batch_size % (world * accum):
-        raise UserError(
-            f"train.batch_size={batch_size} is not divisible by {world} process(es) x "
-            f"{accum} accumulation step(s); choose batch_size or train.grad_accum so it divides"
-        )
-    return batch_size // (world * accum), accum
+    return DataSplits(source, target, val, images, labelled, target_view)
 
 
 def build_method(plan: RunPlan, bench: Any, sets: Any, placement: Any, scratch: Path,
-                 amp_dtype: torch.dtype | None) -> tuple[Method, torch.nn.Module]:
-    """The segmenter and the method around it, on the placement's device."""
+                 amp_dtype: torch.dtype | None, load_init: bool = False
+                 ) -> tuple[Method, torch.nn.Module]:
+    """The segmenter and the method around it, on the placement's device. ``load_init`` loads
+    ``plan.init_from``'s weights into the segmenter first (a new run; a resumed or restored run
+    gets its weights from its own checkpoint), so teachers and copies start from them too."""
     method_cls = METHODS.get(plan.method)
     segmenter = build_segmenter(plan.model, num_classes=bench.num_classes)
+    init = plan.init_from
+    if load_init and init:
+        load_segmenter_weights(segmenter, Path(init["checkpoint"]), "train.init_from")
     ctx = MethodContext(
         num_classes=bench.num_classes, device=placement.device, seed=plan.seed,
         total_iters=plan.train.iters, target_train_size=len(sets.target_train),
         target_images=sets.target_images, scratch_dir=scratch,
         rank=placement.rank, world_size=placement.world_size, amp_dtype=amp_dtype,
+        init_from=(init.get("run_id") or init["checkpoint"]) if init else None,
+        source_size=len(sets.source), target_view=sets.target_view,
     )
     method_cfg = build(method_cls.Config, plan.method_config, f"methods.{plan.method}")
     return method_cls(segmenter, method_cfg, ctx).to(placement.device), segmenter
@@ -207,11 +119,12 @@ class Run:
         method_cls = METHODS.get(plan.method)
         seed_everything(plan.seed)
         amp_dtype, use_scaler = amp_settings(plan.train.amp, placement.device)
-        micro, accum = _micro_batch(plan.train.batch_size, placement.world_size, plan.train.grad_accum)
+        micro, accum = micro_batch(plan.train.batch_size, placement.world_size, plan.train.grad_accum)
 
-        data_root = Path(plan.data_root)
+        data_root = data_root_of(plan)
         with rank0_first(placement.world_size, placement.is_main):  # rank 0 generates MiniCity
             sets = data_splits(bench, data_root, method_cls.uses_target_labels, self.console)
+        val_ids = check_validation_set(bench, sets.target_val)
         source_ds = sets.target_train_labelled if method_cls.uses_target_labels else sets.source
         loader_kw = dict(num_workers=plan.train.num_workers, rank=placement.rank, world_size=placement.world_size)
         source = InfiniteLoader(source_ds, micro, plan.seed, "source", **loader_kw)
@@ -220,7 +133,9 @@ class Run:
             if method_cls.uses_target else None
         )
 
-        method, segmenter = build_method(plan, bench, sets, placement, self.run_dir.scratch, amp_dtype)
+        fresh = not (resume and self.run_dir.checkpoint.exists())
+        method, segmenter = build_method(plan, bench, sets, placement, self.run_dir.scratch, amp_dtype,
+                                         load_init=fresh)
         channels_last = plan.train.channels_last and placement.device.type == "cuda"
         if channels_last:
             method.to(memory_format=torch.channels_last)
@@ -272,6 +187,10 @@ class Run:
         eval_seconds = time.perf_counter() - eval_started
         record = self._record(bench, method_cls, segmenter, network, result, score, eval_settings,
                               trainer, placement, eval_seconds, micro, accum, amp_dtype, channels_last)
+        record["eval"]["val_fingerprint"] = val_fingerprint(val_ids)
+        if trainer.step != plan.train.iters:  # never file a run that did not train its schedule
+            raise UserError(f"run {self.run_dir.path} trained {trainer.step} of {plan.train.iters} "
+                            "iterations; it was not recorded as a result")
         if placement.is_main:
             self.run_dir.save_per_image(result.ids, result.per_image)
             write_json(self.run_dir.result_file, record)
@@ -294,12 +213,17 @@ class Run:
             "spec_hash": plan.spec_hash,
             "config_hash": plan.config_hash(),
             "seed": plan.seed,
+            "name": plan.name,
+            "tags": list(plan.tags),
             "iters": trainer.step,
+            "planned_iters": plan.train.iters,
+            "init_from": plan.init_from,
             "subsets": list(bench.subsets),
             "headline": bench.subsets[0],
             "convention": score.convention,
             "miou": {k: v * 100 for k, v in score.miou.items()},
             "iou": {k: v * 100 for k, v in score.iou.items()},
+            "iou_convention": {k: v * 100 for k, v in score.iou_convention.items()},
             "pixel_accuracy": score.pixel_accuracy * 100,
             "eval": {**eval_settings.describe(), "network": network, "checkpoint": "last",
                      "images": len(result.ids)},
@@ -321,11 +245,32 @@ class Run:
         }
 
 
-def new_run(plan: RunPlan, out: Path | None = None) -> RunDir:
-    base = Path(out) if out else Path(plan.output_dir) / plan.benchmark / plan.method
-    path = base / new_run_id(plan.seed, plan.config_hash())
-    if path.exists():
-        raise UserError(f"run directory {path} already exists; nothing was overwritten")
+def check_validation_set(bench: Any, val: Any) -> list[str]:
+    """The validation image ids; an evaluation must cover exactly the protocol's validation set
+    (all 500 Cityscapes val images), or the run stops before training."""
+    ids = [str(i) for i in getattr(val, "ids", None) or [val[k]["id"] for k in range(len(val))]]
+    want = bench.expected_val_images
+    if want and len(ids) != want:
+        raise DataError(f"benchmark {bench.name} is scored on {want} validation images but "
+                        f"{len(ids)} were found (missing labels, a partial download or a stale "
+                        "manifest?); run `udabench data verify` on the target dataset")
+    return ids
+
+
+def val_fingerprint(ids: list[str]) -> str:
+    """Which validation images were scored: a short hash of their sorted ids and their count."""
+    blob = "\n".join(sorted(ids)).encode()
+    return f"{len(ids)}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def new_run(plan: RunPlan) -> RunDir:
+    """A new run directory in the one canonical layout ``<output_dir>/<benchmark>/<method>/<run-id>``."""
+    base = Path(plan.output_dir) / plan.benchmark / plan.method
+    run_id = new_run_id(plan.seed, plan.config_hash())
+    path, n = base / run_id, 1
+    while path.exists():  # the same config and seed started again within the same second
+        n += 1
+        path = base / f"{run_id}-{n}"
     run_dir = RunDir(path).create()
     write_json(run_dir.config_file, plan.to_dict())
     return run_dir

@@ -160,20 +160,39 @@ class Trainer:
                 lr_main = opt.param_groups[0]["lr"]
         return lr_main
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], lr: float) -> None:
+    def _divergence_cause(self, logs: dict[str, float]) -> str:
+        """What is known about why a loss is not finite, in words (for the error line)."""
+        terms = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
+        if terms:
+            return f"non-finite term(s) {', '.join(sorted(terms))}"
+        bad = [n for n, p in self.method.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            return f"weights already non-finite after the previous update (e.g. {bad[0]})"
+        return "cause unknown (inputs and weights are finite: too high a learning rate is usual)"
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], lr: float,
+                      logs: dict[str, float] | None = None) -> None:
         for name, loss in losses.items():
             if not torch.isfinite(loss.detach()).all():
+                cause = self._divergence_cause(logs or {})
+                has_checkpoint = self.run_dir.checkpoint.exists()
                 diagnostic = {
                     "step": self.step, "loss": name, "value": float(loss.detach().float().mean()),
-                    "lr": lr, "last_checkpoint": str(self.run_dir.checkpoint),
+                    "lr": lr, "cause": cause,
+                    "last_checkpoint": str(self.run_dir.checkpoint) if has_checkpoint else None,
                 }
-                if self.rank == 0:
+                if self.rank == 0 and has_checkpoint:
                     write_json(self.run_dir.path / "divergence.json", diagnostic)
-                kept = "kept" if self.run_dir.checkpoint.exists() else "none written yet"
+                if has_checkpoint:
+                    then = (f"the checkpoint of the last good iteration is kept: lower the learning "
+                            f"rate or set train.amp=off and continue with: udabench run --resume "
+                            f"{self.run_dir.path}")
+                else:  # the run directory is removed with the failed start: never point at it
+                    then = ("no checkpoint was written yet, so there is nothing to resume: start "
+                            "again with a lower learning rate or train.amp=off")
                 raise TrainingDiverged(
                     f"loss '{name}' became {diagnostic['value']} at iteration {self.step} "
-                    f"(lr {lr:.3g}); last good checkpoint {kept} at {self.run_dir.checkpoint}; "
-                    "lower the learning rate or set train.amp=off, then --resume or start again"
+                    f"(lr {lr:.3g}; {cause}); {then}"
                 )
 
     def _reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
@@ -205,7 +224,7 @@ class Trainer:
             self.images_seen += seen * self.world_size
             with autocast:
                 out = self.method.training_step(source, target, self.step)
-            self._check_finite(out.losses, lr)
+            self._check_finite(out.losses, lr, out.logs)
             names = list(out.losses)
             for i, name in enumerate(names):
                 loss = out.losses[name].float() / self.s.grad_accum

@@ -16,16 +16,46 @@ def _to_label_size(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def ce_sum(logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed CE, number of labelled pixels), logits upsampled to the label size, 255 ignored."""
+    logits = _to_label_size(logits, label)
+    label = label.long()
+    total = F.cross_entropy(logits.float(), label, ignore_index=IGNORE, reduction="sum")
+    return total, (label != IGNORE).sum()
+
+
 def cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Mean segmentation CE over labelled pixels, logits upsampled to the label size, 255 ignored.
 
     A batch without a single labelled pixel (an all-void label, a pseudo-label map with nothing
     confident) gives 0 with the graph kept, not the NaN of an empty mean.
     """
-    logits = _to_label_size(logits, label)
-    label = label.long()
-    total = F.cross_entropy(logits.float(), label, ignore_index=IGNORE, reduction="sum")
-    return total / (label != IGNORE).sum().clamp_min(1)
+    total, count = ce_sum(logits, label)
+    return total / count.clamp_min(1)
+
+
+def mixed_ce(method: Any, parts: list[tuple[torch.Tensor, torch.Tensor]], aux_weight: float
+             ) -> tuple[torch.Tensor, dict]:
+    """One CE over the labelled pixels of several sub-batches, as if they were one batch (e.g.
+    CBST's batches mixing source images and pseudo-labelled target images of different sizes):
+    each non-empty (images, labels) part is forwarded once; sums and pixel counts add up."""
+    total = count = aux = None
+    for images, label in parts:
+        if images.shape[0] == 0:
+            continue
+        out = method.segment(images)
+        s, n = ce_sum(out["out"], label)
+        total, count = (s, n) if total is None else (total + s, count + n)
+        if out.get("aux") is not None and aux_weight > 0:
+            a = ce_sum(out["aux"], label)[0]
+            aux = a if aux is None else aux + a
+    if total is None:
+        raise ValueError("mixed_ce needs at least one non-empty part")
+    loss = total / count.clamp_min(1)
+    logs = {"ce": float(loss.detach())}
+    if aux is not None:
+        loss = loss + aux_weight * aux / count.clamp_min(1)
+    return loss, logs
 
 
 def supervised_loss(method: Any, batch: dict, aux_weight: float) -> tuple[torch.Tensor, dict, dict]:

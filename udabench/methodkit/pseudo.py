@@ -12,20 +12,23 @@ IGNORE = 255
 
 
 class ConfidenceCollector:
-    """Per-class lists of the max-softmax of pixels predicted as that class (CBST step 1)."""
+    """Per-class lists of the max-softmax of pixels predicted as that class (CBST step 1).
+
+    As the official code (``ds_rate``): for each image and each class, that class's pixels in
+    raster order, every ``stride``-th one kept."""
 
     def __init__(self, num_classes: int, stride: int = 1):
         self.num_classes, self.stride = num_classes, stride
         self.values: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
 
     def add(self, probs: torch.Tensor) -> None:
-        conf, pred = probs.float().max(1)
-        conf = conf.flatten()[:: self.stride].cpu()
-        pred = pred.flatten()[:: self.stride].cpu()
-        for c in pred.unique().tolist():
-            self.values[c].append(conf[pred == c])
+        confs, preds = probs.float().max(1)
+        for conf, pred in zip(confs.cpu(), preds.cpu()):  # one image at a time
+            conf, pred = conf.flatten(), pred.flatten()
+            for c in pred.unique().tolist():
+                self.values[c].append(conf[pred == c][:: self.stride])
 
-    def thresholds(self, portion: float, rank_rule: str = "floor") -> torch.Tensor:
+    def thresholds(self, portion: float, rank_rule: str = "official") -> torch.Tensor:
         """lambda_c per class from class c's confidences sorted descending.
 
         ``official`` (CBST/CRST code): the value at 0-based index floor(p * N_c) - 1, and 1 when
