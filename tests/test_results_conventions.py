@@ -110,3 +110,21 @@ def test_old_store_rows_recompute_on_reindex(synthia):
     old = next(r for r in open_view(root).records if r["method"] == "old")
     assert old["iou_convention_source"] == "per_image.npz"
     assert "iou_convention" not in json.loads((runs["old"] / "result.json").read_text())  # evidence untouched
+
+
+def test_run_result_table_averages_to_its_headline(synthia):
+    import io
+
+    from rich.console import Console
+
+    from udabench.report import result_table
+
+    _, runs, _ = synthia
+    record = json.loads((runs["new"] / "result.json").read_text())
+    console = Console(width=120, file=io.StringIO())
+    console.print(result_table(record))
+    rows = [line.split("│")[1:3] for line in console.file.getvalue().splitlines() if line.count("│") >= 4]
+    values = {name.strip(): float(v) for name, v in rows if name.strip() in CLASSES_16}
+    assert list(values) == CLASSES_16 and "terrain" not in console.file.getvalue()
+    assert np.mean(list(values.values())) == pytest.approx(record["miou"]["16"], abs=0.06)  # shown to 0.1
+    assert "IoU (convention B)" in console.file.getvalue()

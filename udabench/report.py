@@ -37,16 +37,25 @@ def protocol_line(record: dict[str, Any]) -> str:
 
 
 def result_table(record: dict[str, Any], title: str | None = None) -> Table:
-    """Per-class IoU and the subset means of one result record."""
+    """Per-class IoU and the subset means of one result record. The IoUs shown are those the
+    headline mIoU averages: under convention B (16/13 classes) the convention-B IoUs of the 16
+    classes, so the table averages to its own headline."""
+    from udabench.results.matrices import headline_ious
+
     table = Table(title=title or f"{record.get('method', '')} on {record.get('benchmark', '')}",
                   caption=protocol_line(record), caption_justify="left")
+    subsets = [str(s) for s in record.get("subsets", [])]
+    headline = str(record.get("headline") or (subsets or ["19"])[0])
+    convention_b = headline != "19" and str(record.get("convention", "A")) == "B"
     table.add_column("class")
-    table.add_column("IoU", justify="right")
-    for sub in record.get("subsets", []):
+    table.add_column("IoU (convention B)" if convention_b else "IoU", justify="right")
+    for sub in subsets:
         table.add_column(f"in {sub}", justify="center")
-    iou = record.get("iou", {})
-    for i, name in enumerate(CLASS_NAMES):
-        marks = ["•" if i in SUBSETS[s] else "" for s in record.get("subsets", [])]
+    iou = headline_ious(record) or {}
+    shown = SUBSETS[headline] if convention_b and headline in SUBSETS else range(len(CLASS_NAMES))
+    for i in shown:
+        name = CLASS_NAMES[i]
+        marks = ["•" if i in SUBSETS[s] else "" for s in subsets]
         table.add_row(name, fmt(iou.get(name)), *marks)
     table.add_section()
     for sub in record.get("subsets", []):
