@@ -39,6 +39,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
                 "Write RUN's predictions on the benchmark's target images as PNGs."),
     "plot": ("udabench.commands.predict", "plot_cmd",
              "Charts as PNG: RUN's per-class IoU and training curves, or A vs B per class with deltas."),
+    "selftest": ("udabench.commands.selftest", "selftest_cmd",
+                 "Run every method at the real protocols' sizes on generated data, and time it."),
 }
 
 console = Console()

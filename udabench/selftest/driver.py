@@ -1,0 +1,369 @@
+"""The selftest from options to a report: plan, write the tree, check it, run every method, measure.
+
+Every method runs through the code path of ``udabench run``: the settings are ``--set`` items
+merged into ``udabench.toml`` by ``load_config``, the plan comes from ``resolve_plan``, the run
+directory from ``new_run`` and the work from ``Run(plan, run_dir).execute()`` (train, evaluate,
+result.json). Then the predictions are exported in Cityscapes labelId format, as
+``udabench predict --format cityscapes`` does, and re-scored by ``udabench score``'s scorer, which
+must give result.json's IoUs. Every setting is resolved before anything is written, so a bad one
+fails at once; after that, one method failing never stops the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from udabench.config import Config, load_config
+from udabench.engine.devices import amp_settings, select_device
+from udabench.engine.runner import Run, RunPlan, new_run, resolve_plan
+from udabench.engine.trainer import Interrupted
+from udabench.errors import UserError
+from udabench.registry import BENCHMARKS, METHODS, did_you_mean
+from udabench.selftest import measure
+from udabench.selftest.datacheck import check_tree
+from udabench.selftest.probes import StepProbe, memory_kind, peak_memory, reset_peak_memory
+from udabench.selftest.tree import TreeSpec, write_tree
+from udabench.taxonomy import CLASS_NAMES
+
+Log = Callable[[str], None]
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+# The AMP comparison runs source-only on this benchmark when it is selected (1280x720 inputs).
+AMP_BENCHMARK = "gta2cs"
+# Row fields filled in by a finished run (report.SCHEMA lists every field of a row).
+MEASURED = ("peak_memory_bytes", "s_per_iter", "images_per_step", "train_images_per_s",
+            "eval_s_per_image", "eval_images", "eval_input_size", "projected_hours",
+            "data_s_per_step", "data_fraction", "input_bound", "ensemble_io_s_per_step",
+            "ensemble_io_fraction", "losses", "losses_finite", "miou", "spec_hash", "export",
+            "wall_seconds")
+
+
+@dataclass(frozen=True)
+class SelftestOptions:
+    benchmarks: tuple[str, ...] = ("all",)
+    methods: tuple[str, ...] = ("all",)
+    device: str = "auto"
+    iters: int = 10
+    backbone: str | None = None  # None: the configured one (ResNet-101 by default)
+    amp: str = "auto"
+    compile: bool = False
+    profile: bool | None = None  # the fp32 vs AMP comparison; None = on CUDA only
+    keep: Path | None = None  # keep the tree and the runs here (default: a temporary folder)
+    config_file: Path | None = None
+    sets: tuple[str, ...] = ()  # the user's --set items
+    tree: TreeSpec = TreeSpec()
+    progress: bool = False  # training/evaluation progress bars
+
+
+def real_benchmarks() -> list[str]:
+    """The registered protocols on real datasets (MiniCity ones generate their own data)."""
+    return [n for n in BENCHMARKS.names() if getattr(BENCHMARKS.get(n), "minicity", None) is None]
+
+
+def _select(requested: tuple[str, ...], known: list[str], what: str, option: str) -> list[str]:
+    names = [n.strip() for part in requested for n in part.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"{option}: give at least one {what} name or 'all'")
+    if "all" in names:
+        return list(known)
+    for name in names:
+        if name not in known:
+            raise UserError(f"{option} {name}: not a {what} the selftest can run"
+                            f"{did_you_mean(name, known)}; choose from {', '.join(known)} or all")
+    return list(dict.fromkeys(names))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class Job:
+    benchmark: str
+    method: str
+    plan: RunPlan
+    planned_iters: int  # what `udabench run` would train on this benchmark with these settings
+    overrides: list[str]  # the --set items the selftest added
+
+
+@dataclass
+class Setup:
+    options: SelftestOptions
+    device: torch.device
+    amp_mode: str  # effective: off | bf16 | fp16
+    init_note: str  # how the network is initialised, said in the report
+    jobs: list[Job]
+    amp_jobs: dict[str, Job] = field(default_factory=dict)  # fp32 / amp variants of source-only
+    work: Path = Path()
+    keep: bool = False
+    console: Any = None  # where the runs print their notices (stderr)
+
+
+def selftest_sets(opts: SelftestOptions, user: Config, methods: list[str],
+                  device: torch.device) -> tuple[list[str], str]:
+    """The --set items the selftest adds to the user's, and the initialisation note."""
+    n = opts.iters
+    sets = [f"train.iters={n}", "train.log_every=1", f"train.checkpoint_every={n}",
+            "train.eval_every=0", f"train.device={_toml(opts.device)}",
+            f"train.amp={_toml(opts.amp)}"]
+    if opts.compile:
+        sets.append("train.compile=true")
+    if opts.backbone:
+        sets.append(f"model.backbone={_toml(opts.backbone)}")
+    if "init" in user.model:
+        note = f"model.init = {user.model['init']} (configured)"
+    else:
+        sets.append('model.init="scratch"')
+        note = ("randomly initialised: no weights configured (set model.init in udabench.toml or "
+                "--set model.init=PATH); times and memory are the real network's, mIoU is not")
+    # Methods that first train source-only for a share of the run start adapting at once, so
+    # that even 2 steps exercise (and time) each method's own step.
+    for method in methods:
+        fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
+        if "warmup_iters" in fields:
+            sets.append(f"methods.{method}.warmup_iters=0")
+    return sets, note
+
+
+def _plan(cfg: Config, method: str, benchmark: str, data_root: Path, output_dir: Path) -> RunPlan:
+    return resolve_plan(method, benchmark, 0, cfg.train, cfg.model, cfg.method_overrides(method),
+                        cfg.benchmark_overrides(benchmark), data_root, output_dir)
+
+
+def plan_selftest(opts: SelftestOptions, work: Path) -> Setup:
+    """Check every option and resolve every plan; writes nothing."""
+    if opts.iters < 2:
+        raise UserError(f"--iters {opts.iters}: the selftest needs at least 2 iterations (the "
+                        "first is warm-up and is not timed)")
+    if opts.amp not in AMP_CHOICES:
+        raise UserError(f"--amp {opts.amp}: expected one of {', '.join(AMP_CHOICES)}")
+    benchmarks = _select(opts.benchmarks, real_benchmarks(), "benchmark", "--benchmark")
+    methods = _select(opts.methods, METHODS.names(), "method", "--methods")
+    device, _ = select_device(opts.device)
+    amp_dtype, _ = amp_settings(opts.amp, device)
+    amp_mode = str(amp_dtype).replace("torch.", "").replace("bfloat16", "bf16") \
+        .replace("float16", "fp16") if amp_dtype else "off"
+    user = load_config(opts.config_file, opts.sets)
+    ours, note = selftest_sets(opts, user, methods, device)
+    cfg = load_config(opts.config_file, (*opts.sets, *ours))
+    data_root, output_dir = work / "data", work / "runs"
+    jobs = []
+    for benchmark in benchmarks:
+        for method in methods:
+            planned = _plan(user, method, benchmark, data_root, output_dir).train.iters
+            jobs.append(Job(benchmark, method, _plan(cfg, method, benchmark, data_root, output_dir),
+                            planned, ours))
+    setup = Setup(opts, device, amp_mode, note, jobs, work=work)
+    profile = device.type == "cuda" if opts.profile is None else opts.profile
+    if profile:
+        bench = AMP_BENCHMARK if AMP_BENCHMARK in benchmarks else benchmarks[0]
+        mode = opts.amp if opts.amp in ("bf16", "fp16") else "bf16"
+        for name, extra in (("fp32", ["train.amp=\"off\"", "train.channels_last=false"]),
+                            ("amp", [f"train.amp=\"{mode}\"", "train.channels_last=true"])):
+            variant = load_config(opts.config_file, (*opts.sets, *ours, *extra))
+            plan = _plan(variant, "source-only", bench, data_root, output_dir)
+            planned = _plan(user, "source-only", bench, data_root, output_dir).train.iters
+            setup.amp_jobs[name] = Job(bench, "source-only", plan, planned, ours + extra)
+    return setup
+
+
+# -- one method ------------------------------------------------------------------------------------
+def one_line(exc: BaseException) -> str:
+    """The cause in one line: a UserError's own message, else the exception type and message."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if isinstance(exc, UserError):
+        return first or type(exc).__name__
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _effective(plan: RunPlan, device: torch.device) -> tuple[str, bool, bool]:
+    """(amp, channels_last, compile) as the runner applies them on this device."""
+    dtype, _ = amp_settings(plan.train.amp, device)
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "off") if dtype else "off"
+    return amp, bool(plan.train.channels_last and device.type == "cuda"), bool(plan.train.compile)
+
+
+def export_and_rescore(run_path: Path, plan: RunPlan, record: dict[str, Any], device: str
+                       ) -> dict[str, Any]:
+    """labelId PNGs of the val set (``udabench predict --format cityscapes``), re-scored by
+    ``udabench score``'s scorer; ``rescore_matches``: equal to result.json's IoUs."""
+    from udabench.results.predict import export_predictions, load_run
+    from udabench.scoring import score_predictions
+
+    loaded = load_run(run_path, device)
+    dataset = loaded.dataset("val")
+    out = run_path / "predictions" / "cityscapes"
+    start = time.perf_counter()
+    summary = export_predictions(loaded, dataset, list(range(len(dataset))), out, "cityscapes")
+    seconds = time.perf_counter() - start
+    bench = plan.bench()
+    _, target_root = bench.roots(Path(plan.data_root))
+    scored = score_predictions(out, target_root, encoding="labelid", subsets=tuple(bench.subsets),
+                               convention=bench.convention, workers=1)
+    worst = 0.0
+    for name in CLASS_NAMES:
+        ours, theirs = scored.score.iou[name] * 100, record["iou"][name]
+        if math.isnan(ours) != math.isnan(theirs):
+            worst = math.inf
+        elif not math.isnan(ours):
+            worst = max(worst, abs(ours - theirs))
+    return {"dir": str(out), "images": summary.images, "seconds_per_image": seconds / summary.images,
+            "label_size": list(scored.size) if scored.size else None,
+            "rescore_max_iou_difference": worst, "rescore_matches": worst <= 1e-6}
+
+
+def run_job(job: Job, setup: Setup, log: Log, export: bool = True) -> dict[str, Any]:
+    """Run one method; returns its result row (status failed with the cause on any error)."""
+    plan, device = job.plan, setup.device
+    amp, channels_last, compiled = _effective(plan, device)
+    row: dict[str, Any] = {
+        "benchmark": job.benchmark, "method": job.method, "status": "failed", "error": None,
+        "run_dir": None, "iters": plan.train.iters, "batch_size": plan.train.batch_size,
+        "warmup_steps": measure.warmup_steps(plan.train.iters), "measured_steps": 0,
+        "amp": amp, "channels_last": channels_last, "compile": compiled,
+        "backbone": plan.model.backbone, "init": plan.model.init,
+        "planned_iters": job.planned_iters,
+        **dict.fromkeys(MEASURED),  # null until measured (a failed method keeps the nulls)
+    }
+    started = time.perf_counter()
+    reset_ok = reset_peak_memory(device)
+    row["memory_kind"] = memory_kind(device, reset_ok)
+    run_dir = None
+    try:
+        run_dir = new_run(plan)
+        row["run_dir"] = str(run_dir.path)
+        lock = run_dir.lock()
+        try:
+            probe = StepProbe(device)
+            try:
+                with probe:
+                    record = Run(plan, run_dir, setup.console).execute(
+                        progress=setup.options.progress)
+            finally:
+                probe.close_loaders()
+        finally:
+            lock.close()
+        row["peak_memory_bytes"] = peak_memory(device)
+        losses = measure.read_losses(run_dir.metrics_file)
+        steps = measure.step_figures(probe.steps, row["warmup_steps"])
+        per_step = measure.images_per_step(record)
+        eval_s = measure.eval_seconds_per_image(record)
+        projected = measure.projected_seconds(job.planned_iters, steps.s_per_iter, eval_s,
+                                              plan.bench().target_kind)
+        row.update({
+            "measured_steps": steps.measured_steps, "s_per_iter": steps.s_per_iter,
+            "images_per_step": per_step, "train_images_per_s": per_step / steps.s_per_iter,
+            "eval_s_per_image": eval_s, "eval_images": int(record["eval"]["images"]),
+            "eval_input_size": list(record["eval"]["input_size"]),
+            "projected_hours": projected / 3600,
+            "data_s_per_step": steps.data_s_per_step, "data_fraction": steps.data_fraction,
+            "input_bound": steps.data_fraction > measure.INPUT_BOUND_FRACTION,
+            "ensemble_io_s_per_step": steps.ensemble_io_s_per_step,
+            "ensemble_io_fraction": steps.ensemble_io_fraction,
+            "losses": losses.last, "losses_finite": losses.finite,
+            "miou": record["miou"], "spec_hash": record["spec_hash"],
+        })
+        if not losses.finite:
+            raise RuntimeError(f"non-finite or missing losses in {run_dir.metrics_file}")
+        if export:
+            row["export"] = export_and_rescore(run_dir.path, plan, record, plan.train.device)
+            if not row["export"]["rescore_matches"]:
+                raise RuntimeError(
+                    f"exported labelIds re-score {row['export']['rescore_max_iou_difference']:.3g} "
+                    f"IoU points away from result.json")
+        row["status"] = "ok"
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # one method's failure is reported, the others still run
+        row["error"] = one_line(exc)
+        if row["peak_memory_bytes"] is None:
+            row["peak_memory_bytes"] = peak_memory(device)
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if run_dir is not None and not setup.keep:  # checkpoints are the bulk of the disk use
+            shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
+            shutil.rmtree(run_dir.scratch, ignore_errors=True)
+    row["wall_seconds"] = time.perf_counter() - started
+    log(f"{job.benchmark} {job.method}: {row['status']}"
+        + (f" ({row['error']})" if row["error"] else f", {row['s_per_iter']:.3g} s/iter"))
+    return row
+
+
+def amp_comparison(setup: Setup, rows: list[dict[str, Any]], log: Log) -> dict[str, Any]:
+    """source-only images/s, fp32 vs AMP (+ channels_last on CUDA), in this process."""
+    out: dict[str, Any] = {"benchmark": setup.amp_jobs["fp32"].benchmark, "method": "source-only",
+                           "device": setup.device.type, "status": "ok", "error": None}
+    for name, job in setup.amp_jobs.items():
+        key = _effective(job.plan, setup.device)
+        reuse = next((r for r in rows if r["benchmark"] == job.benchmark and r["method"] == job.method
+                      and r["status"] == "ok" and (r["amp"], r["channels_last"], r["compile"]) == key),
+                     None)
+        row = reuse or run_job(job, setup, log, export=False)
+        out[name] = {"amp": row["amp"], "channels_last": row["channels_last"],
+                     "compile": row["compile"], "status": row["status"], "error": row["error"],
+                     "s_per_iter": row.get("s_per_iter"),
+                     "train_images_per_s": row.get("train_images_per_s"),
+                     "run_dir": row["run_dir"], "reused": reuse is not None}
+    fp32, amp = out["fp32"], out["amp"]
+    failed = [f"{n}: {out[n]['error']}" for n in ("fp32", "amp") if out[n]["status"] != "ok"]
+    if failed:
+        out.update(status="failed", error="; ".join(failed), speedup=None)
+    else:
+        out["speedup"] = amp["train_images_per_s"] / fp32["train_images_per_s"]
+    return out
+
+
+# -- the whole selftest -----------------------------------------------------------------------------
+def run_selftest(opts: SelftestOptions, console: Any, log: Log) -> dict[str, Any]:
+    """Plan, write and check the tree, run every job, and return the report (see report.py)."""
+    from udabench.selftest.report import build_report
+
+    keep = opts.keep is not None
+    if keep:
+        work = Path(opts.keep).expanduser().resolve()
+        if work.exists() and (not work.is_dir() or any(work.iterdir())):
+            raise UserError(f"--keep {opts.keep}: exists and is not an empty folder; nothing was "
+                            "written (give a new or empty folder)")
+    else:
+        work = Path(tempfile.mkdtemp(prefix="udabench-selftest-"))
+    try:
+        # every bad option and setting fails here, before anything is written
+        setup = plan_selftest(opts, work)
+    except BaseException:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    work.mkdir(parents=True, exist_ok=True)
+    setup.keep, setup.console = keep, console
+    started = time.perf_counter()
+    try:
+        roots: dict[str, Path] = {}
+        for job in setup.jobs + list(setup.amp_jobs.values()):
+            bench = job.plan.bench()
+            roots[bench.source_kind] = work / "data" / bench.source_subdir
+            roots[bench.target_kind] = work / "data" / bench.target_subdir
+        log(f"writing the dataset tree under {work / 'data'}")
+        tree = write_tree(roots, opts.tree, progress=lambda what: log(f"  {what}"))
+        data = check_tree(tree, work / "prepared" / "gta5")
+        log("data checks: " + ("ok" if data["ok"] else "; ".join(data["problems"])))
+        rows = [run_job(job, setup, log) for job in setup.jobs]
+        profile = amp_comparison(setup, rows, log) if setup.amp_jobs else None
+        return build_report(setup, data, rows, profile, time.perf_counter() - started)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
