@@ -72,6 +72,9 @@ def test_names_and_tags_are_shown(root, monkeypatch):
     assert (row["name"], row["tags"], row["n"]) == ("advent", "ablation,paper", 3)
     text = " ".join(invoke("compare", "advent", "source-only", "--output-dir", root, "--resamples", 100).stdout.split())
     assert "name advent [ablation, paper]" in text
+    invoke("runs", "--reindex", "--output-dir", root)  # names and tags live in result.json: they survive
+    again = json.loads(invoke("runs", "--name", "advent", "--format", "json", "--output-dir", root).stdout)
+    assert len(again) == 3 and all(r["tags"] == ["ablation", "paper"] for r in again)
 
 
 def test_listing_commands_do_not_import_torch(root, monkeypatch):
