@@ -176,7 +176,10 @@ def count_pair(stem: str, pred_path: Path, gt_path: Path,
     """Decode both PNGs and count (gt row, raw prediction value) pairs; problems are returned."""
     out = PairCounts(stem, pred_path, gt_path)
     # A broken ground truth is the dataset's fault: its descriptor raises at once.
-    gt = get_dataset(kind).decode_label(gt_path)
+    spec = get_dataset(kind)
+    gt = spec.label_ids(read_png(gt_path), gt_path)
+    if gt.dtype != torch.uint8:  # wider ids: map them here; 8-bit ids are folded after counting
+        gt = spec.map_ids(gt)
     out.size = (int(gt.shape[0]), int(gt.shape[1]))
     try:
         pred = read_png(pred_path)
@@ -202,17 +205,28 @@ def count_pair(stem: str, pred_path: Path, gt_path: Path,
     else:
         out.kind = "gray"
         values = pred.reshape(-1)
-    # One bincount over trainId * 256 + value: the two uint8 planes interleaved and read as uint16
-    # (cheaper than integer arithmetic on 2M pixels). Ground-truth rows are 0..18 and 255.
+    # One bincount over id * 256 + value: the two uint8 planes interleaved and read as uint16
+    # (cheaper than integer arithmetic on 2M pixels); rows are then folded to trainIds.
     planes = (values.numpy(), gt.reshape(-1).numpy())
     idx = np.stack(planes if sys.byteorder == "little" else planes[::-1], -1).view(np.uint16)
     idx = torch.from_numpy(idx.reshape(-1)).to(torch.int32)
     raw = torch.bincount(idx, minlength=256 * 256).reshape(256, 256)
-    counts = torch.empty(NUM_CLASSES + 1, 256, dtype=torch.int64)
-    counts[:NUM_CLASSES] = raw[:NUM_CLASSES]
-    counts[NUM_CLASSES] = raw[IGNORE]
-    out.counts = counts.numpy()
+    out.counts = torch.zeros(NUM_CLASSES + 1, 256, dtype=torch.int64).index_add_(
+        0, _gt_rows(spec) if gt.dtype == torch.uint8 else _TRAIN_ID_ROWS, raw).numpy()
     return out
+
+
+def _rows(train_ids: np.ndarray) -> torch.Tensor:
+    """Count-table row of each of 256 values: the trainId, or 19 (ignored)."""
+    return torch.from_numpy(np.where(train_ids == IGNORE, NUM_CLASSES, train_ids).astype(np.int64))
+
+
+_TRAIN_ID_ROWS = _rows(np.array([i if i < NUM_CLASSES else IGNORE for i in range(256)]))
+
+
+def _gt_rows(spec: DatasetSpec) -> torch.Tensor:
+    """Raw 8-bit ground-truth id -> count-table row, through the dataset's lookup table."""
+    return _rows(np.asarray(spec.lut[:256]))
 
 
 def resolve_encoding(pairs: list[PairCounts], requested: str = "auto",
