@@ -90,7 +90,7 @@ def test_aux_head_only_when_multi_level():
     assert seg.aux_head.convs[0].in_channels == seg.backbone.channels[0] == 64
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        c3, _ = seg.backbone(seg.normalize(x))
+        _, _, c3, _ = seg.backbone(seg.normalize(x))  # layer1..layer4; aux reads layer3
         close(seg(x)["aux"], seg.aux_head(c3))
 
 
@@ -106,7 +106,7 @@ def test_normalisation_constants():
     # The segmenter applies it itself: its features equal the backbone on manually normalised input.
     seg = tiny().eval()
     with torch.no_grad():
-        close(seg(x)["feat"], seg.backbone((x - IMAGENET_MEAN) / IMAGENET_STD)[1])
+        close(seg(x)["feat"], seg.backbone((x - IMAGENET_MEAN) / IMAGENET_STD)[-1])
     assert seg.describe()["normalisation"]["mean"] == [0.485, 0.456, 0.406]
     assert not any(k.startswith("normalize.") for k in seg.state_dict())  # follow init, not ckpt
 
