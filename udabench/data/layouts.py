@@ -64,10 +64,11 @@ def shown(path: Path | str) -> str:
 
 def odd_name(name: str) -> str | None:
     """Why a file or folder name cannot be used safely, or None."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "its name is not valid UTF-8; rename it"
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return "its name is not valid UTF-8; rename it"
     if not name.isprintable():
         return "its name holds a control character (newline, tab...); rename it"
     return None
@@ -180,11 +181,11 @@ def find_files(spec: DatasetSpec, root: Path, pattern: FilePattern, split: str,
                 problems.append((Path(entry.path), why))
                 continue
             id = entry.name[len(prefix): len(entry.name) - len(suffix)]
+            file = path / entry.name  # cheaper than parsing entry.path (50k files for GTA5)
             if id in found or id in twice:
-                twice.setdefault(id, [found.pop(id)[0]] if id in found else []).append(
-                    Path(entry.path))
+                twice.setdefault(id, [found.pop(id)[0]] if id in found else []).append(file)
             else:
-                found[id] = (Path(entry.path), groups)
+                found[id] = (file, groups)
     for id, paths in twice.items():  # which one is meant cannot be told: neither is used
         for p in paths:
             others = ", ".join(shown(o) for o in paths if o != p)
