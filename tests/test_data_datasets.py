@@ -6,8 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from udabench.commands.data import data as data_group
 from udabench.data import TrainTransform, build_dataset, cityscapes, gta5, synthia
 from udabench.errors import DataError
 from udabench.taxonomy import CLASSES
@@ -290,3 +292,9 @@ def test_shipped_settings_name_the_folders_the_code_uses():
         assert f"<data_root>/{get_dataset(name).subdir}/" in paths
     for wrong in ("GTA5", "SYNTHIA-RAND-CITYSCAPES/", "<data_root>/SYNTHIA"):
         assert f"<data_root>/{wrong}" not in paths
+
+
+def test_unknown_dataset_names_suggest_the_registered_one():
+    result = CliRunner().invoke(data_group, ["verify", "GTA5", "--root", "."])
+    assert isinstance(result.exception, DataError)
+    assert "unknown dataset 'GTA5' (did you mean 'gta5'?)" in str(result.exception)

@@ -73,3 +73,10 @@ def test_tables_match_official_cityscapesscripts():
         if 0 <= l.id < 256:
             expected = l.trainId if (0 <= l.trainId < 19 and not l.ignoreInEval) else 255
             assert T.LABEL_ID_TO_TRAIN_ID[l.id] == expected, l.name
+
+
+def test_label_id_colours_match_official_cityscapesscripts():
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels",
+                                 reason="cityscapesscripts not installed")
+    official = {l.id: tuple(l.color) for l in labels.labels if 0 <= l.id <= 33}
+    assert T.LABEL_ID_COLORS == official

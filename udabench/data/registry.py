@@ -44,8 +44,10 @@ def get_dataset(kind: "str | DatasetSpec") -> DatasetSpec:
         return kind
     if kind not in DATASETS:
         names = DATASETS.names()
-        raise DataError(f"unknown dataset '{kind}'{did_you_mean(str(kind), names)}; expected one "
-                        f"of: {', '.join(names)}")
+        lowered = {n.lower(): n for n in names}
+        hint = (f" (did you mean '{lowered[str(kind).lower()]}'?)" if str(kind).lower() in lowered
+                else did_you_mean(str(kind), names))
+        raise DataError(f"unknown dataset '{kind}'{hint}; expected one of: {', '.join(names)}")
     cls = DATASETS.get(kind)
     if cls not in _INSTANCES:
         _INSTANCES[cls] = cls()
