@@ -92,8 +92,8 @@ def _png_cases():
     for color_type, (_, depths) in PNG_TYPES.items():
         for depth in depths:
             for interlace in (False, True):
-                yield pytest.param(color_type, depth, interlace,
-                                   id=f"type{color_type}-{depth}bit{'-interlaced' if interlace else ''}")
+                name = f"type{color_type}-{depth}bit" + ("-interlaced" if interlace else "")
+                yield pytest.param(color_type, depth, interlace, id=name)
 
 
 @pytest.mark.parametrize("color_type,depth,interlace", list(_png_cases()))

@@ -244,10 +244,10 @@ def resolve_encoding(pairs: list[PairCounts], requested: str = "auto",
             if ((present > top_id) & (present != IGNORE)).any():
                 return "trainid"  # outside both: reported against the trainIds
             raise UserError(
-                f"cannot tell the encoding of the predictions: every value is in 0..18 or 255, "
-                f"valid as trainIds and as label ids; pass --encoding trainid (0..18, as the "
-                f"network predicts) or --encoding labelid (the dataset's ids, as the official "
-                f"evaluator takes)")
+                "cannot tell the encoding of the predictions: every value is in 0..18 or 255, "
+                "valid as trainIds and as label ids; pass --encoding trainid (0..18, as the "
+                "network predicts) or --encoding labelid (the dataset's ids, as the official "
+                "evaluator takes)")
         rgb = [p.pred for p in pairs if p.kind == "color"]
         raise DataError(f"predictions mix RGB and single-channel PNGs ({len(rgb)} of {len(pairs)} "
                         f"are RGB: " + listing(rgb) + "); write them all in one encoding")

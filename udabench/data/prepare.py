@@ -28,7 +28,7 @@ from udabench.data.manifest import (CORRUPT, DROPPED, MISSING_LABEL, ORPHAN_LABE
                                     RESIZED, UNUSABLE, USABLE, WRONG_ENCODING, Entry, Manifest, Stat,
                                     cache_dir, entry_from_dict, file_stat, prepared_dir)
 from udabench.data.parallel import parallel_map, progress_bar
-from udabench.data.pngio import CorruptPNGError, atomic_write_bytes, check_png, read_png, write_png
+from udabench.data.pngio import atomic_write_bytes, check_png, read_png, write_png
 from udabench.data.registry import get_dataset
 from udabench.data.spec import DatasetSpec, LabelEncodingError, LabelRangeError
 from udabench.data.transforms import resize_image, resize_label
