@@ -186,19 +186,22 @@ def _decode_low_depth(data: torch.Tensor, info: PngInfo, path: Path) -> torch.Te
 
 
 def read_palette(path: Path) -> np.ndarray | None:
-    """The PLTE chunk of a PNG as uint8 [N, 3], or None when it has none (headers only)."""
-    data = Path(path).read_bytes()
-    _header(data, Path(path))
-    pos = 8
-    while pos + 12 <= len(data):
-        length, ctype = struct.unpack_from(">I4s", data, pos)
-        if ctype == b"PLTE":
-            body = np.frombuffer(data, dtype=np.uint8, count=length - length % 3, offset=pos + 8)
-            return body.reshape(-1, 3)
-        if ctype in (b"IDAT", b"IEND"):
-            return None
-        pos += 12 + length
-    return None
+    """The PLTE chunk of a PNG as uint8 [N, 3], or None when it has none (reads the chunks before
+    the image data only)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        _header(fh.read(33), path)
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            length, ctype = struct.unpack(">I4s", head)
+            if ctype in (b"IDAT", b"IEND"):
+                return None
+            body = fh.read(length + 4)[:length]  # the chunk and its CRC
+            if ctype == b"PLTE":
+                body = body[: len(body) - len(body) % 3]
+                return np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
 
 
 def read_rgb(path: Path, strict: bool = False) -> torch.Tensor:

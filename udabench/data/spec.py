@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from udabench.data.pngio import PngInfo
+from udabench.data.pngio import PngInfo, read_png
 from udabench.errors import DataError
 from udabench.taxonomy import IGNORE, NUM_CLASSES
 
@@ -212,8 +212,6 @@ class DatasetSpec:
 
     def decode_label(self, path: Path, strict: bool = False) -> torch.Tensor:
         """A label file as uint8 trainIds [H, W] (255 = ignore)."""
-        from udabench.data.pngio import read_png
-
         return self.map_ids(self.label_ids(read_png(path, strict=strict), path))
 
     def label_warnings(self, raw: torch.Tensor, ids: torch.Tensor, path: Path) -> list[str]:
