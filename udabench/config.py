@@ -64,12 +64,26 @@ class TrainConfig(Settings):
     init_from: str = setting("", free=True, doc="start from a finished run (directory, run id or "
                              "name) or weights file; none = model.init only; '' = the method's "
                              "published protocol (e.g. CBST starts from source-only)")
+    keep_checkpoints: int = setting(0, ge=0, doc="also keep the K newest checkpoints/iter_N.pt "
+                                                 "(written every checkpoint_every); 0 = last.pt only")
+    best_checkpoint: bool = setting(False, free=True, doc="keep checkpoints/best.pt by validation "
+                                    "mIoU (needs eval_every): TARGET-LABEL MODEL SELECTION, marked so")
+    loggers: tuple[str, ...] = setting((), item=Allowed(choices=("tensorboard", "wandb")),
+                                       doc="trackers beside metrics.jsonl: tensorboard, wandb")
+    wandb_project: str = setting("udabench", nonempty=True)
+    wandb_mode: str = setting("offline", choices=("offline", "online"),
+                              doc="offline needs no network; `wandb sync` uploads later")
 
     def check(self) -> None:
         if not _DEVICE.match(self.device):
             raise self.fail("device", "expected auto, cpu, cuda or cuda:N")
         if len(set(self.eval_scales)) != len(self.eval_scales):
             raise self.fail("eval_scales", "expected distinct scales")
+        if self.best_checkpoint and not self.eval_every:
+            raise self.fail("best_checkpoint", "it needs train.eval_every > 0 (the validation "
+                                               "score that picks the best checkpoint)")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise self.fail("loggers", "expected each logger once")
 
 
 # --- typed conversion -------------------------------------------------------------------------

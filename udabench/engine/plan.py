@@ -24,7 +24,8 @@ from udabench.registry import BENCHMARKS, METHODS
 # Settings that change where/how fast a run goes but not its numbers: left out of the config hash
 # (init_from enters it as the checksum of the weights it resolved to, see RunPlan.config_hash).
 NOT_HASHED = ("num_workers", "log_every", "eval_every", "checkpoint_every", "device", "compile",
-              "init_from", "keep_checkpoints", "best_checkpoint", "loggers")
+              "init_from", "keep_checkpoints", "best_checkpoint", "loggers", "wandb_project",
+              "wandb_mode")
 
 
 @dataclass
@@ -164,6 +165,9 @@ def preflight(plan: RunPlan, world_size: int = 1) -> None:
     micro_batch(plan.train.batch_size, world_size, plan.train.grad_accum)
     if bench.minicity is None:
         bench.roots(data_root_of(plan))  # real datasets: their folders must exist now
+    from udabench.engine.loggers import check_loggers
+
+    check_loggers(plan.train.loggers)
     if plan.train.eval_every and plan.train.eval_every > plan.train.iters:
         raise ConfigError(f"train.eval_every = {plan.train.eval_every} is not allowed: it exceeds "
                           f"train.iters = {plan.train.iters}; use 0 to evaluate only at the end")

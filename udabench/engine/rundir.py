@@ -96,6 +96,19 @@ class RunDir:
         return self.path / "checkpoints" / "last.pt"
 
     @property
+    def best_checkpoint(self) -> Path:
+        """The best checkpoint by validation mIoU: target-label model selection, marked as such."""
+        return self.path / "checkpoints" / "best.pt"
+
+    def checkpoint_at(self, step: int) -> Path:
+        return self.path / "checkpoints" / f"iter_{step}.pt"
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """iter_N.pt files, oldest first."""
+        found = self.path.glob("checkpoints/iter_*.pt")
+        return sorted(found, key=lambda p: int(p.stem.split("_")[1]) if p.stem.split("_")[1].isdigit() else -1)
+
+    @property
     def config_file(self) -> Path:
         return self.path / "config.json"
 

@@ -18,6 +18,7 @@ from udabench.data.loaders import InfiniteLoader
 from udabench.engine.checkpoint import load_checkpoint, seed_everything
 from udabench.engine.devices import amp_settings, peak_memory_bytes, place, rank0_first
 from udabench.engine.evaluator import EvalSettings, evaluate
+from udabench.engine.loggers import open_trackers
 from udabench.engine.plan import (RunPlan, data_root_of, micro_batch, preflight,  # noqa: F401
                                   resolve_plan)
 from udabench.engine.rundir import RunDir, environment, new_run_id, read_json, write_json
@@ -152,13 +153,20 @@ class Run:
             result = evaluate(net, sets.target_val, eval_settings, placement.device, amp_dtype,
                               placement.rank, placement.world_size, plan.train.num_workers, progress)
             score = result.score(bench.subsets, bench.convention)
-            return {f"eval/mIoU{s}": v * 100 for s, v in score.miou.items()}, (name, result, score)
+            scalars = {f"eval/mIoU{s}": v * 100 for s, v in score.miou.items()}
+            iou = score.iou if bench.subsets[0] == "19" else score.iou_convention
+            scalars.update({f"eval/IoU/{c}": v * 100 for c, v in iou.items() if v == v})
+            if trainer.trackers.wants_images:
+                trainer.trackers.images(step, eval_panels(net, sets.target_val, eval_settings,
+                                                          placement.device, amp_dtype))
+            return scalars, (name, result, score)
 
         settings = LoopSettings(
             iters=plan.train.iters, decay_iters=plan.train.decay_iters, grad_accum=accum,
             log_every=plan.train.log_every, checkpoint_every=plan.train.checkpoint_every,
             eval_every=plan.train.eval_every, clip_grad=plan.train.clip_grad,
             amp_dtype=amp_dtype, use_scaler=use_scaler,
+            keep_checkpoints=plan.train.keep_checkpoints, best_checkpoint=plan.train.best_checkpoint,
         )
         trainer = Trainer(method, source, target, settings, self.run_dir, placement.device,
                           placement.rank, placement.world_size, lambda s: run_eval(s)[0], progress)
@@ -181,10 +189,20 @@ class Run:
                 self.run_dir.truncate_metrics(0)
             write_json(self.run_dir.path / "env.json", environment(placement.device, placement.world_size))
 
-        trainer.fit(extra)
-        eval_started = time.perf_counter()
-        _, (network, result, score) = run_eval(trainer.step)
-        eval_seconds = time.perf_counter() - eval_started
+        trainer.trackers = open_trackers(plan.train.loggers, self.run_dir.path, trainer.step,
+                                         {**plan.to_dict(), "run_id": self.run_dir.path.name},
+                                         plan.train.wandb_project, plan.train.wandb_mode,
+                                         placement.is_main)
+        try:
+            trainer.fit(extra)
+            eval_started = time.perf_counter()
+            scalars, (network, result, score) = run_eval(trainer.step)
+            eval_seconds = time.perf_counter() - eval_started
+            if placement.is_main:
+                trainer.trackers.scalars(trainer.step, scalars)
+            trainer._track_best(scalars, extra)  # the last evaluation competes for best.pt too
+        finally:
+            trainer.trackers.close()
         record = self._record(bench, method_cls, segmenter, network, result, score, eval_settings,
                               trainer, placement, eval_seconds, micro, accum, amp_dtype, channels_last)
         record["eval"]["val_fingerprint"] = val_fingerprint(val_ids)
@@ -227,6 +245,8 @@ class Run:
             "pixel_accuracy": score.pixel_accuracy * 100,
             "eval": {**eval_settings.describe(), "network": network, "checkpoint": "last",
                      "images": len(result.ids)},
+            "checkpoints": {"best": dict(trainer.best) if trainer.best else None,
+                            "kept": [p.name for p in self.run_dir.periodic_checkpoints()]},
             "model": segmenter.describe() if hasattr(segmenter, "describe") else {},
             "train": {"batch_size": plan.train.batch_size, "micro_batch": micro, "grad_accum": accum,
                       "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
@@ -243,6 +263,35 @@ class Run:
             "method_config": plan.method_config,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+
+def eval_panels(net: torch.nn.Module, val: Any, settings: EvalSettings, device: torch.device,
+                amp_dtype: torch.dtype | None, count: int = 2) -> dict[str, Any]:
+    """image | prediction | ground truth panels (HWC uint8, at the label size) of the first
+    validation images, for the experiment trackers."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from udabench.engine.evaluator import predict
+    from udabench.taxonomy import PALETTE
+
+    was_training = net.training
+    net.eval()
+    panels = {}
+    try:
+        for i in range(min(count, len(val))):
+            sample = val[i]
+            label = sample["label"]
+            pred = predict(net, sample["image"][None].to(device), tuple(label.shape[-2:]), settings,
+                           amp_dtype)[0].cpu()
+            image = F.interpolate(sample["image"][None].float(), size=tuple(label.shape[-2:]),
+                                  mode="bilinear", align_corners=False)[0].round().clamp(0, 255)
+            rows = [image.permute(1, 2, 0).to(torch.uint8).numpy(), PALETTE[pred.numpy()],
+                    PALETTE[label.numpy()]]
+            panels[f"eval/panel/{sample['id']}"] = np.concatenate(rows, axis=1)
+    finally:
+        net.train(was_training)
+    return panels
 
 
 def check_validation_set(bench: Any, val: Any) -> list[str]:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from udabench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from udabench.engine.loggers import Trackers
+from udabench.engine.progress import TrainProgress
 from udabench.engine.rundir import RunDir, write_json
 from udabench.errors import UserError
 from udabench.method import Method, OptimizerSpec
@@ -33,6 +35,16 @@ class Interrupted(UserError):
     exit_code = 130
 
 
+class Preempted(Interrupted):
+    """SIGTERM or SIGUSR1 (a scheduler's time limit or preemption): checkpoint written, resumable."""
+
+    exit_code = 143
+
+
+_STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM",
+                 signal.SIGUSR1: "stopped by SIGUSR1"}
+
+
 @dataclass
 class LoopSettings:
     iters: int
@@ -44,6 +56,8 @@ class LoopSettings:
     clip_grad: float
     amp_dtype: torch.dtype | None  # None = full precision
     use_scaler: bool  # fp16 needs loss scaling, bf16 does not
+    keep_checkpoints: int = 0  # also keep the K newest iter_N.pt
+    best_checkpoint: bool = False  # keep best.pt by the validation headline (model selection!)
 
 
 def build_optimizer(spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -103,6 +117,9 @@ class Trainer:
         self._source_iter: Iterator | None = None
         self._target_iter: Iterator | None = None
         self._stop_requested = False
+        self._stop_reason = ""
+        self.trackers = Trackers([])
+        self.best: dict[str, Any] = {}  # {"step", "key", "value"} of best.pt, when kept
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -118,6 +135,7 @@ class Trainer:
                 "target": self.target.state_dict() if self.target else None,
             },
             "rng": rng_state(),
+            "best": dict(self.best),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -132,17 +150,41 @@ class Trainer:
         self.step = int(state["step"])
         self.images_seen = int(state["images_seen"])
         self.train_seconds = float(state["train_seconds"])
+        self.best = dict(state.get("best") or {})
 
-    def save(self, extra: dict[str, Any]) -> None:
+    def save(self, extra: dict[str, Any], also: tuple[Path, ...] = ()) -> None:
+        """last.pt (and copies under ``also``: iter_N.pt, best.pt), atomically."""
         if self.rank == 0:
-            try:
-                save_checkpoint(self.run_dir.checkpoint, {**self.state_dict(), **extra})
-            except OSError as exc:  # a full disk: the write was atomic, the old file is intact
-                raise UserError(
-                    f"cannot write checkpoint {self.run_dir.checkpoint} at iteration {self.step} "
-                    f"({exc.strerror or exc}); the previous checkpoint is unchanged; free space, "
-                    f"then continue with: udabench run --resume {self.run_dir.path}"
-                ) from None
+            state = {**self.state_dict(), **extra}
+            for path in (self.run_dir.checkpoint, *also):
+                try:
+                    save_checkpoint(path, state)
+                except OSError as exc:  # a full disk: the write was atomic, the old file is intact
+                    raise UserError(
+                        f"cannot write checkpoint {path} at iteration {self.step} "
+                        f"({exc.strerror or exc}); the previous checkpoint is unchanged; free space, "
+                        f"then continue with: udabench run --resume {self.run_dir.path}"
+                    ) from None
+
+    def _periodic(self) -> tuple[Path, ...]:
+        """iter_N.pt for this checkpoint when keeping K of them; older ones beyond K deleted."""
+        if not self.s.keep_checkpoints or self.rank != 0:
+            return ()
+        path = self.run_dir.checkpoint_at(self.step)
+        older = [p for p in self.run_dir.periodic_checkpoints() if p != path]
+        for stale in older[: max(0, len(older) - self.s.keep_checkpoints + 1)]:
+            stale.unlink(missing_ok=True)
+        return (path,)
+
+    def _track_best(self, scores: dict[str, float], extra: dict[str, Any]) -> None:
+        """best.pt by the validation headline: model selection on the target labels (recorded)."""
+        if not self.s.best_checkpoint or not scores:
+            return
+        key = next(k for k in scores if k.startswith("eval/mIoU"))
+        value = scores[key]
+        if value == value and (not self.best or value > self.best["value"]):
+            self.best = {"step": self.step, "key": key, "value": value}
+            self.save(extra, (self.run_dir.best_checkpoint,))
 
     def resume(self) -> dict[str, Any]:
         state = load_checkpoint(self.run_dir.checkpoint, map_location=self.device)
@@ -253,52 +295,66 @@ class Trainer:
         return logs
 
     # -- the loop ------------------------------------------------------------------------------
-    def _on_sigint(self, signum, frame) -> None:
-        if self._stop_requested:  # a second Ctrl-C stops at once
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_requested and signum == signal.SIGINT:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self._stop_requested = True
+        self._stop_reason = _STOP_SIGNALS.get(signum, "stopped")
+        self._stop_signal = signum
+
+    def _should_stop(self) -> bool:
+        """A stop request on any rank stops every rank at the same step (no rank left waiting)."""
+        if self.world_size > 1:
+            flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag)
+            if flag.item() > 0 and not self._stop_requested:
+                self._stop_requested, self._stop_reason = True, "stopped (another rank was signalled)"
+                self._stop_signal = signal.SIGTERM
+        return self._stop_requested
+
+    def _stop(self, extra: dict[str, Any]) -> None:
+        self.save(extra)
+        error = Interrupted if getattr(self, "_stop_signal", signal.SIGINT) == signal.SIGINT else Preempted
+        raise error(f"{self._stop_reason} at iteration {self.step}; checkpoint written to "
+                    f"{self.run_dir.checkpoint}; continue with: udabench run --resume {self.run_dir.path}")
+
+    def _log(self, step: int, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            self.run_dir.append_metrics({"step": step, **record})
+            self.trackers.scalars(step, record)
 
     def fit(self, checkpoint_extra: dict[str, Any]) -> None:
         self._source_iter = iter(self.source)
         self._target_iter = iter(self.target) if self.target else None
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if self.rank == 0 else None
-        columns = (
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
-        )
+        # Signal handlers can only be set from the main thread (an embedding thread keeps its own).
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS} if main else {}
         try:
-            with Progress(*columns, disable=not self.progress) as bar:
-                task = bar.add_task("train", total=self.s.iters, completed=self.step, info="", speed="")
+            with TrainProgress(self.s.iters, self.step, self.progress) as bar:
                 window_start, window_steps = time.perf_counter(), 0
                 while self.step < self.s.iters:
                     t0 = time.perf_counter()
                     logs = self.train_step()
                     self.train_seconds += time.perf_counter() - t0
                     window_steps += 1
-                    bar.update(task, completed=self.step)
+                    bar.advance(self.step)
                     if self.step % self.s.log_every == 0 or self.step == self.s.iters:
                         speed = window_steps / max(1e-9, time.perf_counter() - window_start)
                         window_start, window_steps = time.perf_counter(), 0
-                        info = " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in logs.items() if k.startswith("loss/"))
-                        bar.update(task, info=info, speed=f"{speed:.2f} it/s")
-                        if self.rank == 0:
-                            self.run_dir.append_metrics({"step": self.step, "it_s": speed, **logs})
+                        bar.report(self.step, logs, speed)
+                        self._log(self.step, {"it_s": speed, **logs})
                     if self.evaluate and self.s.eval_every and self.step % self.s.eval_every == 0 \
                             and self.step < self.s.iters:
                         scores = self.evaluate(self.step)
-                        if self.rank == 0:
-                            self.run_dir.append_metrics({"step": self.step, **scores})
+                        self._log(self.step, scores)
+                        self._track_best(scores, checkpoint_extra)
                     if self.step % self.s.checkpoint_every == 0 or self.step == self.s.iters:
-                        self.save(checkpoint_extra)
-                    if self._stop_requested:
-                        self.save(checkpoint_extra)
-                        raise Interrupted(
-                            f"interrupted at iteration {self.step}; checkpoint written to "
-                            f"{self.run_dir.checkpoint}; continue with: udabench run --resume {self.run_dir.path}"
-                        )
+                        self.save(checkpoint_extra, self._periodic())
+                    if self._should_stop():
+                        self._stop(checkpoint_extra)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def throughput(images: int, seconds: float) -> float:
