@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.test_results_store import synthetic_matrices
+from tests.results_kit import synthetic_matrices
 from udabench.metrics import score_matrix
 from udabench.results.bootstrap import miou_of, paired_bootstrap, seed_interval, t_quantile
 

@@ -103,7 +103,7 @@ _SHOWN_BY_DEFAULT = ("finished", "superseded")
 def _run_json(r: dict[str, Any]) -> dict[str, Any]:
     keys = ("run_id", "run_dir", "status", "superseded_by", "benchmark", "spec_hash", "method", "config_hash",
             "seed", "name", "tags", "uda", "subsets", "miou", "iters", "planned_iters", "finished")
-    from udabench.results.store import val_set
+    from udabench.results.records import val_set
 
     return {**{k: r.get(k) for k in keys}, "val_set": val_set(r)}
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from udabench.results.matrices import headline_ious
-from udabench.results.store import val_set
+from udabench.results.records import val_set
 from udabench.taxonomy import CLASS_NAMES, SUBSETS
 
 KEYS = ["benchmark", "spec_hash", "val_set", "method", "config_hash"]

@@ -15,7 +15,7 @@ from udabench.errors import UserError
 from udabench.results.bootstrap import BootstrapResult, SeedInterval, paired_bootstrap, seed_interval
 from udabench.results.matrices import headline_ious, load_per_image
 from udabench.results.select import Side
-from udabench.results.store import weak_val_set
+from udabench.results.records import weak_val_set
 from udabench.taxonomy import CLASS_NAMES, SUBSETS
 
 

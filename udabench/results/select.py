@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from udabench.errors import UserError
-from udabench.results.store import _read_config, _read_result, unfinished_reason
+from udabench.results.records import read_config, read_result, unfinished_reason, val_set
 from udabench.results.view import CHANGED, FINISHED, MISSING, SUPERSEDED, StoreView
 
 MIN_PREFIX = 6
@@ -20,8 +20,6 @@ GroupKey = tuple[str, str, str, str]  # benchmark, spec hash, validation set, co
 
 
 def group_key(record: dict[str, Any]) -> GroupKey:
-    from udabench.results.store import val_set
-
     return (record["benchmark"], record["spec_hash"], val_set(record), record["config_hash"])
 
 
@@ -87,9 +85,9 @@ def _from_directory(path: Path, view: StoreView) -> Side:
     resolved = path.resolve()
     if not (resolved / "result.json").is_file():
         raise UserError(f"{path} is not a finished run directory (no result.json in it)")
-    record = _read_result(resolved)
+    record = read_result(resolved)
     try:
-        config = _read_config(resolved)
+        config = read_config(resolved)
     except UserError:
         config = {}
     reason = unfinished_reason(record, config)

@@ -19,66 +19,37 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from udabench.errors import DataError, UserError
+from udabench.results.records import int_or_none, provenance, read_finished, val_set
 
 STORE_NAME = "store.sqlite"
 # 2: result.json size + mtime (evidence check), val_set, name/tags, settings, remembered folders.
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
-REQUIRED_KEYS = ("run_id", "method", "benchmark", "spec_hash", "config_hash", "seed", "subsets",
-                 "miou", "iou")
 HOW_TO_RUN = "udabench run source-only --benchmark minicity-gta2cs"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_dir TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    benchmark TEXT NOT NULL,
-    spec_hash TEXT NOT NULL,
-    val_set TEXT NOT NULL,
-    method TEXT NOT NULL,
-    config_hash TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    name TEXT,
-    tags TEXT NOT NULL,
-    uda INTEGER NOT NULL,
-    subsets TEXT NOT NULL,
-    headline TEXT NOT NULL,
-    headline_miou REAL,
-    miou TEXT NOT NULL,
-    iou TEXT NOT NULL,
-    convention TEXT,
-    eval_input TEXT,
-    network TEXT,
-    checkpoint TEXT,
-    iters INTEGER,
-    planned_iters INTEGER,
-    finished TEXT,
-    provenance TEXT NOT NULL,
-    settings TEXT NOT NULL,
-    train_seconds REAL,
-    wall_seconds REAL,
-    gpu_hours REAL,
-    peak_memory_bytes INTEGER,
-    images_per_second REAL,
-    device TEXT,
-    record TEXT NOT NULL,
-    result_size INTEGER NOT NULL,
-    result_mtime_ns INTEGER NOT NULL,
-    indexed_at REAL NOT NULL
-);
+# One row per run directory. tags, subsets, miou, iou, provenance, settings and record hold JSON;
+# result_size and result_mtime_ns are the evidence a reader checks the disk against.
+_RUN_COLUMNS = (
+    ("run_dir", "TEXT PRIMARY KEY"), ("run_id", "TEXT NOT NULL"), ("benchmark", "TEXT NOT NULL"),
+    ("spec_hash", "TEXT NOT NULL"), ("val_set", "TEXT NOT NULL"), ("method", "TEXT NOT NULL"),
+    ("config_hash", "TEXT NOT NULL"), ("seed", "INTEGER NOT NULL"), ("name", "TEXT"), ("tags", "TEXT NOT NULL"),
+    ("uda", "INTEGER NOT NULL"), ("subsets", "TEXT NOT NULL"), ("headline", "TEXT NOT NULL"),
+    ("headline_miou", "REAL"), ("miou", "TEXT NOT NULL"), ("iou", "TEXT NOT NULL"), ("convention", "TEXT"),
+    ("eval_input", "TEXT"), ("network", "TEXT"), ("checkpoint", "TEXT"), ("iters", "INTEGER"),
+    ("planned_iters", "INTEGER"), ("finished", "TEXT"), ("provenance", "TEXT NOT NULL"),
+    ("settings", "TEXT NOT NULL"), ("train_seconds", "REAL"), ("wall_seconds", "REAL"), ("gpu_hours", "REAL"),
+    ("peak_memory_bytes", "INTEGER"), ("images_per_second", "REAL"), ("device", "TEXT"),
+    ("record", "TEXT NOT NULL"), ("result_size", "INTEGER NOT NULL"), ("result_mtime_ns", "INTEGER NOT NULL"),
+    ("indexed_at", "REAL NOT NULL"),
+)
+_COLUMNS = tuple(name for name, _ in _RUN_COLUMNS)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs ({", ".join(f"{name} {kind}" for name, kind in _RUN_COLUMNS)});
 CREATE INDEX IF NOT EXISTS runs_by_benchmark ON runs (benchmark, spec_hash, method, config_hash);
 CREATE TABLE IF NOT EXISTS folders (path TEXT PRIMARY KEY, added_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_COLUMNS = ("run_dir", "run_id", "benchmark", "spec_hash", "val_set", "method", "config_hash", "seed",
-            "name", "tags", "uda", "subsets", "headline", "headline_miou", "miou", "iou", "convention",
-            "eval_input", "network", "checkpoint", "iters", "planned_iters", "finished", "provenance",
-            "settings", "train_seconds", "wall_seconds", "gpu_hours", "peak_memory_bytes",
-            "images_per_second", "device", "record", "result_size", "result_mtime_ns", "indexed_at")
-# Provenance copied from env.json next to result.json (versions, revision, hardware).
-_PROVENANCE_KEYS = ("udabench", "git", "python", "torch", "torchvision", "timm", "numpy", "platform",
-                    "device", "gpu", "cuda", "world_size")
 # The parts of config.json whose differences make two configurations of one method differ.
 SETTINGS_KEYS = ("method_config", "train", "model", "benchmark_overrides")
 
@@ -214,90 +185,7 @@ class _Open:
         self.con.close()
 
 
-# --- reading one run directory -----------------------------------------------------------------
-
-
-def _load_json(path: Path, what: str) -> tuple[Any, os.stat_result]:
-    try:
-        with open(path, "rb") as fh:
-            stat = os.fstat(fh.fileno())  # the evidence is the file we read, not its successor
-            return json.loads(fh.read()), stat
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist; {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc})") from None
-
-
-def _read_result(run_dir: Path) -> dict[str, Any]:
-    """result.json of a run directory, checked for the keys every table needs."""
-    return _read_result_stat(run_dir)[0]
-
-
-def _read_result_stat(run_dir: Path) -> tuple[dict[str, Any], os.stat_result]:
-    path = run_dir / "result.json"
-    record, stat = _load_json(path, "only finished runs (with result.json) can be indexed")
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: expected a JSON object written by `udabench run`")
-    for key in REQUIRED_KEYS:
-        if key not in record:
-            raise DataError(f"{path}: missing key '{key}'; expected a result.json written by `udabench run`")
-    if not isinstance(record["miou"], dict) or not isinstance(record["iou"], dict):
-        raise DataError(f"{path}: 'miou' and 'iou' must be objects (subset/class -> value in %)")
-    if not isinstance(record["subsets"], list) or not record["subsets"]:
-        raise DataError(f"{path}: 'subsets' must be a non-empty list like [\"19\"]")
-    return record, stat
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    config, _ = _load_json(path, "a run directory holds config.json next to result.json (written by `udabench run`)")
-    if not isinstance(config, dict):
-        raise DataError(f"{path}: expected a JSON object written by `udabench run`")
-    return config
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def unfinished_reason(record: dict[str, Any], config: dict[str, Any]) -> str | None:
-    """Why a result record is not a finished result (None when it is): it must have trained at
-    least one iteration, and exactly the iterations it was planned for (``planned_iters``, or the
-    run's config.json ``train.iters`` for records written before that key existed)."""
-    iters = _int_or_none(record.get("iters"))
-    if iters is None or iters < 1:
-        return f"it trained {record.get('iters')!r} iterations"
-    planned = _int_or_none(record.get("planned_iters"))
-    if planned is None:
-        planned = _int_or_none((config.get("train") or {}).get("iters"))
-        if planned is not None and planned < 1:  # 0 = "the benchmark's default": cannot tell
-            planned = None
-    if planned is not None and iters != planned:
-        return f"it trained {iters} of the {planned} planned iterations"
-    return None
-
-
-def val_set(record: dict[str, Any]) -> str:
-    """The validation set a result was scored on: ``eval.val_fingerprint``; for older records the
-    image count (a weaker fingerprint, so a homogeneous old table is not split), else 'unknown'."""
-    ev = record.get("eval") or {}
-    if ev.get("val_fingerprint"):
-        return str(ev["val_fingerprint"])
-    images = _int_or_none(ev.get("images"))
-    return f"{images} images" if images is not None else "unknown"
-
-
-def weak_val_set(value: str) -> bool:
-    """True for the stand-ins of records without a validation fingerprint."""
-    return value == "unknown" or value.endswith(" images")
-
-
-def _provenance(run_dir: Path) -> dict[str, Any]:
-    try:
-        env = json.loads((run_dir / "env.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return {k: env[k] for k in _PROVENANCE_KEYS if isinstance(env, dict) and k in env}
+# --- one run directory as a row -------------------------------------------------------------
 
 
 def _num(value: Any) -> float | None:
@@ -326,8 +214,8 @@ def _row(run_dir: Path, record: dict[str, Any], config: dict[str, Any], stat: os
         "iou": json.dumps(record["iou"]), "convention": record.get("convention"),
         "eval_input": "x".join(str(s) for s in size) if size else None,
         "network": ev.get("network"), "checkpoint": ev.get("checkpoint"),
-        "iters": _int_or_none(record.get("iters")), "planned_iters": _int_or_none(record.get("planned_iters")),
-        "finished": record.get("finished"), "provenance": json.dumps(_provenance(run_dir)),
+        "iters": int_or_none(record.get("iters")), "planned_iters": int_or_none(record.get("planned_iters")),
+        "finished": record.get("finished"), "provenance": json.dumps(provenance(run_dir)),
         "settings": json.dumps(settings, sort_keys=True, default=str),
         "train_seconds": _num(compute.get("train_seconds")), "wall_seconds": _num(compute.get("wall_seconds")),
         "gpu_hours": _num(compute.get("gpu_hours")), "peak_memory_bytes": _num(compute.get("peak_memory_bytes")),
@@ -341,20 +229,7 @@ def _row(run_dir: Path, record: dict[str, Any], config: dict[str, Any], stat: os
 def read_run(run_dir: Path | str) -> tuple:
     """The store row of one finished run directory; DataError (one line) when it is not one."""
     run_dir = Path(run_dir).resolve()
-    record, stat = _read_result_stat(run_dir)
-    config = _read_config(run_dir)
-    reason = unfinished_reason(record, config)
-    if reason is not None:
-        raise DataError(f"{run_dir} is not a finished result: {reason}; it is not indexed "
-                        "(finish it with `udabench run --resume DIR`)")
-    if str(record.get("convention", "A")) == "B" and not isinstance(record.get("iou_convention"), dict):
-        # Written before result.json carried them: the IoUs the 16/13-class means average.
-        from udabench.results.matrices import convention_ious
-
-        ious = convention_ious(run_dir, "B")
-        if ious is not None:
-            record = {**record, "iou_convention": ious, "iou_convention_source": "per_image.npz"}
-    return _row(run_dir, record, config, stat)
+    return _row(run_dir, *read_finished(run_dir))
 
 
 _UPSERT = (f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) "
@@ -497,9 +372,9 @@ def read_rows(store: Path | str, benchmark: str | None = None) -> list[dict[str,
     with _Open(store, create=False) as con:
         rows = _retry(lambda: con.execute(query + " ORDER BY finished, run_id", args).fetchall())
     out = []
-    for run_dir, provenance, settings, record, size, mtime_ns in rows:
+    for run_dir, env, settings, record, size, mtime_ns in rows:
         rec = json.loads(record)
-        rec.update(run_dir=run_dir, provenance=json.loads(provenance), settings=json.loads(settings),
+        rec.update(run_dir=run_dir, provenance=json.loads(env), settings=json.loads(settings),
                    _evidence=(size, mtime_ns))
         out.append(rec)
     return out
