@@ -128,8 +128,9 @@ def test_columns_choice(records):
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine installed (pdflatex); "
                     "the LaTeX tables are checked structurally by the other tests")
 def test_latex_compiles(records, tmp_path):
-    boards, warnings = build_boards(_gta(records))
-    body = tables.to_latex(boards, warnings, per_class=True)
+    boards, warnings = build_boards(_gta(records) + records)  # published rows, 16/13 classes, two specs
+    body = "\n".join([tables.to_latex(boards, warnings, per_class=True), tables.to_latex([], []),
+                      tables.to_latex(boards, [], columns=parse_columns("method,kind,config,compute,miou"))])
     doc = "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n" \
           "\\begin{document}\n" + body + "\n\\end{document}\n"
     (tmp_path / "t.tex").write_text(doc)
