@@ -145,3 +145,26 @@ def test_tables_of_methods_the_run_does_not_use_are_checked_too(tmp_path):
         load_config(write(tmp_path, "[methods.clst]\ntau = -1\n"))
     with pytest.raises(ConfigError, match=r"--set benchmarks.gta2cs.flip_p=2: benchmarks.gta2cs.flip_p = 2.0"):
         load_config(sets=["benchmarks.gta2cs.flip_p=2"])
+
+
+def test_config_show_names_where_each_value_comes_from(tmp_path, monkeypatch):
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from udabench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "[methods.adversarial]\nadv_weight = 0.002\n")
+    r = CliRunner().invoke(main, ["config", "show", "adversarial", "-b", "gta2cs", "--format", "json",
+                                  "--set", "train.log_every=5"])
+    assert r.exit_code == 0, r.output
+    rows = {row["key"]: (row["value"], row["from"]) for row in _json.loads(r.output)}
+    assert rows["train.iters"] == (150000, "adversarial's published schedule on gta2cs")
+    assert rows["train.batch_size"] == (1, "benchmark gta2cs")
+    assert rows["model.aspp_branches"] == (2, "adversarial's recipe")
+    assert rows["methods.adversarial.adv_weight"] == (0.002, f"{tmp_path / 'udabench.toml'}:2")
+    assert rows["train.log_every"] == (5, "--set train.log_every=5")
+    assert rows["train.num_workers"] == (2, "default")
+    r = CliRunner().invoke(main, ["methods", "source-only", "-b", "minicity-gta2cs"])
+    assert r.exit_code == 0 and "lr=0.01" in r.output and "train.iters=300" in r.output

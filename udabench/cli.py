@@ -37,6 +37,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
               "Score one prediction PNG per validation image in PRED_DIR (flat or a mirrored tree)."),
     "predict": ("udabench.commands.predict", "predict_cmd",
                 "Write RUN's predictions on the benchmark's target images as PNGs."),
+    "config": ("udabench.commands.config_cmd", "config_group",
+               "Show the resolved settings of a run before running it."),
     "plot": ("udabench.commands.predict", "plot_cmd",
              "Charts as PNG: RUN's per-class IoU and training curves, or A vs B per class with deltas."),
     "selftest": ("udabench.commands.selftest", "selftest_cmd",
@@ -100,19 +102,34 @@ def main() -> None:
 
 @main.command("methods")
 @click.argument("pattern", default="*")
-def methods_cmd(pattern: str) -> None:
+@click.option("--benchmark", "-b", help="show the values that apply on this benchmark (its run "
+                                        "defaults and the methods' published schedules)")
+def methods_cmd(pattern: str, benchmark: str | None) -> None:
     """List registered methods (PATTERN is a wildcard, e.g. 'self*')."""
-    table = Table(title="udabench methods", title_justify="left")
+    title = f"udabench methods on {benchmark}" if benchmark else "udabench methods (built-in defaults)"
+    table = Table(title=title, title_justify="left")
     table.add_column("name", style="bold cyan", no_wrap=True)
     table.add_column("description")
     table.add_column("defaults", style="dim")
     entries = METHODS.entries(pattern)
-    for entry in entries:
-        defaults = getattr(entry.obj, "describe_defaults", None)
-        table.add_row(entry.name, entry.description, defaults() if defaults else "")
     if not entries:
         raise UserError(f"no method matches '{pattern}'; known: {', '.join(METHODS.names()) or 'none'}")
+    if benchmark:
+        BENCHMARKS.get(benchmark)  # an unknown name is one line
+        from udabench.commands.config_cmd import method_defaults_on
+    for entry in entries:
+        if benchmark:
+            values = method_defaults_on(entry.name, benchmark)
+            text = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        else:
+            defaults = getattr(entry.obj, "describe_defaults", None)
+            text = defaults() if defaults else ""
+        table.add_row(entry.name, entry.description, text)
     console.print(table)
+    if not benchmark:
+        console.print("[dim]values differ per benchmark (e.g. MiniCity trains at lr 0.01): "
+                      "udabench methods --benchmark B; one run's settings: udabench config show "
+                      "METHOD --benchmark B[/]")
 
 
 @main.command("benchmarks")

@@ -114,19 +114,29 @@ def resolve_plan(
         origins.setdefault(f"methods.{method}.{key}", f"benchmark {bench.name}")
     method_cfg = apply_overrides(method_cls.Config(), {**base, **method_overrides}, f"methods.{method}")
     schedule = method_schedule(method_cls, method_cfg, bench)
-    for key in schedule:
-        origins.setdefault(f"train.{key}", f"{method}'s published schedule on {bench.name}")
-    pick = {k: getattr(train, k) or schedule.get(k) or getattr(d, k)
+    recipe = f"{method}'s published schedule on {bench.name}"
+
+    def fill(key: str, fallback: Any, fallback_origin: str) -> Any:
+        if getattr(train, key):  # the user's value (its origin is already recorded)
+            return getattr(train, key)
+        origins[f"train.{key}"] = recipe if key in schedule else fallback_origin
+        return schedule.get(key) or fallback
+
+    pick = {k: fill(k, getattr(d, k), f"benchmark {bench.name}")
             for k in ("iters", "batch_size", "checkpoint_every")}
     # The decay horizon follows the stop when the user shortens a run (poly decay reaches 0 at
     # the end), else the recipe's own horizon (classic recipes decay past their stop).
-    decay = train.decay_iters or (train.iters if train.iters else schedule.get("decay_iters") or d.decay_iters)
+    if train.iters and not train.decay_iters:
+        decay = train.iters
+        origins["train.decay_iters"] = "follows train.iters"
+    else:
+        decay = fill("decay_iters", d.decay_iters, f"benchmark {bench.name}")
     train = dataclasses.replace(train, decay_iters=decay, **pick)
-    for key in ("iters", "decay_iters", "batch_size", "checkpoint_every"):
-        origins.setdefault(f"train.{key}", f"benchmark {bench.name}")
-    model_base = {**d.model_settings(), **method_cls.model_defaults(method_cfg)}
+    recipe_model = method_cls.model_defaults(method_cfg)
+    model_base = {**d.model_settings(), **recipe_model}
     for key in model_base:
-        origins.setdefault(f"model.{key}", f"benchmark {bench.name} / {method}'s recipe")
+        origins.setdefault(f"model.{key}", f"{method}'s recipe" if key in recipe_model
+                           else f"benchmark {bench.name}")
     model = apply_overrides(SegmenterConfig(), model_base, "model")
     model = apply_overrides(model, model_overrides, "model")
     method_cls.check_plan(method_cfg, model)
