@@ -169,3 +169,12 @@ def test_store_that_cannot_be_rebuilt_says_exactly_what_is_wrong(three_seeds, mo
     (line,) = [x for x in result.stderr.splitlines() if x.strip()]
     assert line.startswith("error: the run store") and "is not an SQLite file" in line
     assert "rebuilding it from the run directories failed" in line and "readonly database" in line
+
+
+def test_a_store_of_unfinished_runs_is_rebuilt_once(tmp_path):
+    out = tmp_path / "runs"
+    make_run(out, "a", 0, synthetic_matrices(np.random.default_rng(0), 6, 0.5), iters=0)  # a non-run
+    first = invoke("runs", "--output-dir", out)
+    assert "indexed 0 run(s)" in first.stderr and "trained 0 iterations" in first.stderr
+    again = invoke("runs", "--output-dir", out)
+    assert "indexed" not in again.stderr and "no finished runs" in again.stdout

@@ -27,6 +27,7 @@ SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 HOW_TO_RUN = "udabench run source-only --benchmark minicity-gta2cs"
 SQLITE_MAGIC = b"SQLite format 3\x00"
+REINDEXED = "reindexed_at"  # meta key: when the store was last rebuilt from the run directories
 
 # One row per run directory. tags, subsets, miou, iou, provenance, settings and record hold JSON;
 # result_size and result_mtime_ns are the evidence a reader checks the disk against.
@@ -335,6 +336,7 @@ def reindex(store: Path | str, output_dir: Path | str, add: Iterable[Path | str]
                             [(str(p), time.time()) for p in extra])
             for p in remembered:  # a remembered folder survives a rebuild of an unusable file
                 con.execute("INSERT OR IGNORE INTO folders (path, added_at) VALUES (?, ?)", (str(p), time.time()))
+            con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (REINDEXED, str(time.time())))
 
         _write(con, rebuild)
     finally:

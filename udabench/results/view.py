@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from udabench.errors import UserError
-from udabench.results.store import (HOW_TO_RUN, StoreUnusable, find_run_dirs, read_rows, reindex,
-                                    store_path)
+from udabench.results.store import (HOW_TO_RUN, REINDEXED, StoreUnusable, find_run_dirs, get_meta, read_rows,
+                                    reindex, store_path)
 
 FINISHED, SUPERSEDED, MISSING, CHANGED = "finished", "superseded", "missing", "changed"
 STATUSES = (FINISHED, SUPERSEDED, MISSING, CHANGED)
@@ -133,7 +133,9 @@ def open_view(output_dir: Path | str, benchmark: str | None = None, rebuild: boo
         except StoreUnusable as exc:
             why = str(exc)
         else:
-            if not rows and find_run_dirs(out):
+            # An empty store that was never rebuilt (a 0-byte file, say) while run directories
+            # exist is not "no runs"; one rebuilt from them that found none finished is.
+            if not rows and get_meta(store, REINDEXED) is None and find_run_dirs(out):
                 why = f"the run store {store} listed no runs but run directories exist"
     if why is not None:
         notices += _rebuild(store, out, why, add)
