@@ -75,6 +75,8 @@ def _note_foreign_specs(boards: list[Any], store: Path) -> None:
     """Say when a table's spec hash is not the benchmark's current definition (overrides, old versions)."""
     from udabench.results.specs import current_specs
 
+    if not any(board.spec_hash for board in boards):  # published rows alone carry no spec hash
+        return
     specs = current_specs(store)
     for board in boards:
         current = specs.get(board.benchmark)
