@@ -8,6 +8,7 @@ resolution: 1/8 of the input for DeepLabV2 (the Caffe geometry rounds up: 512x10
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -88,7 +89,7 @@ class SegmenterConfig(Settings):
     def hash_dict(self) -> dict[str, Any]:
         """The settings as a dict for a run's config hash, leaving out the keys added after runs
         were first hashed while they hold their defaults (so those runs keep their hashes)."""
-        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key, default in LATER_DEFAULTS.items():
             if d.get(key) == default:
                 d.pop(key)
