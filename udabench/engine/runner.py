@@ -118,6 +118,16 @@ class Run:
                 f"vs {bench.hash()}); start a new run"
             )
         method_cls = METHODS.get(plan.method)
+        extra = {"config_hash": plan.config_hash(), "spec_hash": plan.spec_hash, "method_name": plan.method}
+        state = None
+        if resume and self.run_dir.checkpoint.exists():  # checked before anything is built
+            state = load_checkpoint(self.run_dir.checkpoint, map_location=placement.device)
+            for key in ("config_hash", "method_name"):
+                if state.get(key) != extra[key]:
+                    raise UserError(
+                        f"checkpoint {self.run_dir.checkpoint} belongs to another configuration "
+                        f"({key} {state.get(key)} vs {extra[key]}); it cannot resume this run"
+                    )
         seed_everything(plan.seed)
         amp_dtype, use_scaler = amp_settings(plan.train.amp, placement.device)
         micro, accum = micro_batch(plan.train.batch_size, placement.world_size, plan.train.grad_accum)
@@ -134,9 +144,8 @@ class Run:
             if method_cls.uses_target else None
         )
 
-        fresh = not (resume and self.run_dir.checkpoint.exists())
         method, segmenter = build_method(plan, bench, sets, placement, self.run_dir.scratch, amp_dtype,
-                                         load_init=fresh)
+                                         load_init=state is None)
         channels_last = plan.train.channels_last and placement.device.type == "cuda"
         if channels_last:
             method.to(memory_format=torch.channels_last)
@@ -170,17 +179,9 @@ class Run:
         )
         trainer = Trainer(method, source, target, settings, self.run_dir, placement.device,
                           placement.rank, placement.world_size, lambda s: run_eval(s)[0], progress)
-        extra = {"config_hash": plan.config_hash(), "spec_hash": plan.spec_hash, "method_name": plan.method}
         if resume and placement.is_main:
             self.run_dir.remove_stale_temporaries()
-        if resume and self.run_dir.checkpoint.exists():
-            state = load_checkpoint(self.run_dir.checkpoint, map_location=placement.device)
-            for key in ("config_hash", "method_name"):
-                if state.get(key) != extra[key]:
-                    raise UserError(
-                        f"checkpoint {self.run_dir.checkpoint} belongs to another configuration "
-                        f"({key} {state.get(key)} vs {extra[key]}); it cannot resume this run"
-                    )
+        if state is not None:
             trainer.load_state_dict(state)
             self.run_dir.truncate_metrics(trainer.step)
             log(f"resuming {self.run_dir.path} at iteration {trainer.step}/{plan.train.iters}")
