@@ -140,7 +140,7 @@ def test_step_figures_known_answer():
     assert f.ensemble_io_fraction == pytest.approx(0.4 / 9)
     assert measure.step_figures(steps[:2], warmup=1).ensemble_io_fraction is None
     assert [measure.warmup_steps(n) for n in (2, 9, 10, 30)] == [1, 1, 2, 6]
-    assert measure.projected_seconds(1000, 0.5, 0.1, "cityscapes") == pytest.approx(550.0)
+    assert measure.projected_seconds(1000, 0.5, 0.1, 500) == pytest.approx(550.0)
 
 
 def test_read_losses_flags_non_finite_and_skips_eval_lines(tmp_path):
@@ -208,7 +208,7 @@ def test_cpu_peak_memory_is_reset_per_method():
     (["--methods", "sourceonly"], "did you mean 'source-only'"),
     (["--benchmark", "minicity-gta2cs"], "--benchmark minicity-gta2cs"),
     (["--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
-    (["--backbone", "resnet1O1"], "unknown backbone 'resnet1O1'"),
+    (["--backbone", "resnet1O1"], "--backbone resnet1O1: unknown backbone (did you mean 'resnet101'?)"),
     (["--set", "methods.clst.tau=-1"], "methods.clst.tau"),
 ])
 def test_bad_options_fail_in_one_line_before_anything_is_written(args, message, tmp_path,
@@ -242,19 +242,30 @@ def _setup(tmp_path, **kw):
 
 
 def test_plan_keeps_the_real_protocol_and_says_how_the_network_starts(tmp_path, monkeypatch):
+    from udabench.commands.run import plans_from_options
+    from udabench.registry import BENCHMARKS
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UDABENCH_DATA", str(tmp_path / "my-real-datasets"))
     setup = _setup(tmp_path, sets=("methods.clst.w_cl=0.5",), methods=("all",))
     plans = {job.method: job.plan for job in setup.jobs}
     assert set(plans) >= {"source-only", "clst", "oracle"}
+    assert [job.method for job in setup.jobs][0] == "source-only"  # CBST's warm start runs first
+    protocol = BENCHMARKS.get("gta2cs")
     for job in setup.jobs:
-        assert job.plan.train.iters == 2 and job.planned_iters == 120_000
+        real = plans_from_options(job.method, "gta2cs", 0, None, {}, (), None, None, None, (), None)[0]
+        assert job.planned_iters == real.train.iters and job.planned_val_images == 500
+        assert job.plan.train.iters == 2 and job.plan.train.batch_size == real.train.batch_size
         assert job.plan.model.init == "scratch" and job.plan.model.backbone == "resnet-tiny"
-        assert job.plan.bench().hash() == job.plan.spec_hash  # no protocol override
-        assert job.plan.data_root == str(tmp_path / "data")
+        # the protocol, but for the number of validation images the small tree has
+        assert job.plan.bench() == protocol.with_overrides({"val_images": 4})
+        assert job.plan.data_root == str(tmp_path / "data")  # not UDABENCH_DATA's
     assert plans["clst"].method_config["w_cl"] == 0.5 and plans["clst"].method_config["warmup_iters"] == 0
     assert "randomly initialised" in setup.init_note
-    weights = _setup(tmp_path, sets=("model.init=/weights/r101.pth",))
-    assert weights.jobs[0].plan.model.init == "/weights/r101.pth" and "configured" in weights.init_note
+    (tmp_path / "r101.pth").write_bytes(b"")  # the plan only checks that the file exists
+    weights = _setup(tmp_path, sets=(f"model.init={tmp_path / 'r101.pth'}",))
+    assert weights.jobs[0].plan.model.init == str(tmp_path / "r101.pth")
+    assert "configured" in weights.init_note
 
 
 def test_a_failing_method_gives_a_one_line_cause_and_a_schema_valid_report(tmp_path, monkeypatch):
@@ -406,7 +417,8 @@ def test_selftest_runs_every_method_at_real_sizes_on_the_cpu(tmp_path):
         # the real evaluation sizes: input 512x1024, every pixel of the 1024x2048 labels
         record = json.loads((run / "result.json").read_text())
         assert record["eval"]["input_size"] == [512, 1024] and record["iters"] == 2, where
-        assert record["spec_hash"] == BENCHMARKS.get(row["benchmark"]).hash(), where
+        protocol = BENCHMARKS.get(row["benchmark"]).with_overrides({"val_images": len(gts)})
+        assert record["spec_hash"] == protocol.hash(), where
         per_image = np.load(run / "per_image.npz")
         for image_id, matrix in zip(per_image["ids"], per_image["matrices"]):
             assert matrix.sum() == _valid_pixels(gts[str(image_id)]), where

@@ -1,33 +1,39 @@
 """The selftest from options to a report: plan, write the tree, check it, run every method, measure.
 
-Every method runs through the code path of ``udabench run``: the settings are ``--set`` items
-merged into ``udabench.toml`` by ``load_config``, the plan comes from ``resolve_plan``, the run
-directory from ``new_run`` and the work from ``Run(plan, run_dir).execute()`` (train, evaluate,
-result.json). Then the predictions are exported in Cityscapes labelId format, as
-``udabench predict --format cityscapes`` does, and re-scored by ``udabench score``'s scorer, which
-must give result.json's IoUs. Every setting is resolved before anything is written, so a bad one
-fails at once; after that, one method failing never stops the others.
+Every method runs through the code path of ``udabench run``: its plan comes from the ``run``
+command's own ``plans_from_options`` (the selftest's settings are ``--set`` items added to the
+user's, merged into ``udabench.toml`` by ``load_config``), then ``preflight``, ``with_init_from``
+(a method that starts from another's finished run, as CBST from source-only, gets it found or made
+first), ``new_run`` and ``Run(plan, run_dir).execute()``: train, evaluate, result.json. Then the
+predictions are exported in Cityscapes labelId format, as ``udabench predict --format cityscapes``
+does, and re-scored by ``udabench score``'s scorer, which must give result.json's IoUs. Every
+setting is resolved before anything is written, so a bad one fails at once; after that, one
+method failing never stops the others.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import math
+import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
-from udabench.config import Config, load_config
+from udabench.config import DATA_ENV, load_config
 from udabench.engine.devices import amp_settings, select_device
-from udabench.engine.runner import Run, RunPlan, new_run, resolve_plan
+from udabench.engine.plan import RunPlan, preflight
+from udabench.engine.runner import Run, new_run
 from udabench.engine.trainer import Interrupted
 from udabench.errors import UserError
-from udabench.registry import BENCHMARKS, METHODS, did_you_mean
+from udabench.registry import BENCHMARKS, METHODS, MODELS, did_you_mean
 from udabench.selftest import measure
 from udabench.selftest.datacheck import check_tree
 from udabench.selftest.probes import StepProbe, memory_kind, peak_memory, reset_peak_memory
@@ -44,6 +50,7 @@ MEASURED = ("peak_memory_bytes", "s_per_iter", "images_per_step", "train_images_
             "data_s_per_step", "data_fraction", "input_bound", "ensemble_io_s_per_step",
             "ensemble_io_fraction", "losses", "losses_finite", "miou", "spec_hash", "export",
             "wall_seconds")
+TAG = "selftest"
 
 
 @dataclass(frozen=True)
@@ -89,12 +96,25 @@ def _toml(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@contextlib.contextmanager
+def own_data_root() -> Iterator[str | None]:
+    """UDABENCH_DATA unset for the block: it would point the runs at the user's real datasets
+    (it wins over every data root, even a saved run's), and the selftest reads its own tree."""
+    saved = os.environ.pop(DATA_ENV, None)
+    try:
+        yield saved
+    finally:
+        if saved is not None:
+            os.environ[DATA_ENV] = saved
+
+
 @dataclass
 class Job:
     benchmark: str
     method: str
     plan: RunPlan
     planned_iters: int  # what `udabench run` would train on this benchmark with these settings
+    planned_val_images: int  # what the real protocol evaluates on (500 for Cityscapes val)
     overrides: list[str]  # the --set items the selftest added
 
 
@@ -109,25 +129,31 @@ class Setup:
     work: Path = Path()
     keep: bool = False
     console: Any = None  # where the runs print their notices (stderr)
+    log: Log = print
 
 
-def selftest_sets(opts: SelftestOptions, user: Config, methods: list[str],
-                  device: torch.device) -> tuple[list[str], str]:
+def selftest_sets(opts: SelftestOptions, user_model: dict[str, Any], methods: list[str],
+                  benchmarks: list[str], work: Path) -> tuple[list[str], str]:
     """The --set items the selftest adds to the user's, and the initialisation note."""
     n = opts.iters
-    sets = [f"train.iters={n}", "train.log_every=1", f"train.checkpoint_every={n}",
-            "train.eval_every=0", f"train.device={_toml(opts.device)}",
+    sets = [f"paths.data_root={_toml(work / 'data')}", f"paths.output_dir={_toml(work / 'runs')}",
+            "train.log_every=1", f"train.checkpoint_every={n}", "train.eval_every=0",
             f"train.amp={_toml(opts.amp)}"]
     if opts.compile:
         sets.append("train.compile=true")
     if opts.backbone:
         sets.append(f"model.backbone={_toml(opts.backbone)}")
-    if "init" in user.model:
-        note = f"model.init = {user.model['init']} (configured)"
+    if "init" in user_model:
+        note = f"model.init = {user_model['init']} (configured)"
     else:
         sets.append('model.init="scratch"')
         note = ("randomly initialised: no weights configured (set model.init in udabench.toml or "
-                "--set model.init=PATH); times and memory are the real network's, mIoU is not")
+                "--set model.init=PATH); times and memory do not depend on the weights, the mIoU "
+                "does and means nothing here")
+    # The tree has a few validation images, not the protocol's 500: the evaluation is the
+    # protocol's in every other respect (this override gives the runs their own spec hash).
+    for benchmark in benchmarks:
+        sets.append(f"benchmarks.{benchmark}.val_images={opts.tree.n_val}")
     # Methods that first train source-only for a share of the run start adapting at once, so
     # that even 2 steps exercise (and time) each method's own step.
     for method in methods:
@@ -137,9 +163,20 @@ def selftest_sets(opts: SelftestOptions, user: Config, methods: list[str],
     return sets, note
 
 
-def _plan(cfg: Config, method: str, benchmark: str, data_root: Path, output_dir: Path) -> RunPlan:
-    return resolve_plan(method, benchmark, 0, cfg.train, cfg.model, cfg.method_overrides(method),
-                        cfg.benchmark_overrides(benchmark), data_root, output_dir)
+def _plan(method: str, benchmark: str, sets: tuple[str, ...], opts: SelftestOptions,
+          train_over: dict[str, Any], out: Path | None) -> RunPlan:
+    """The plan `udabench run METHOD --benchmark B` makes from these settings (seed 0)."""
+    from udabench.commands.run import plans_from_options
+
+    tags = (TAG,) if out is not None else ()
+    return plans_from_options(method, benchmark, 0, None, train_over, sets, opts.config_file, out,
+                              None, tags, None)[0]
+
+
+def _ordered(methods: list[str]) -> list[str]:
+    """Methods that others start from (``warm_start``) first, so their finished run is reused."""
+    sources = {METHODS.get(m).warm_start for m in methods}
+    return sorted(methods, key=lambda m: 0 if m in sources else 1)
 
 
 def plan_selftest(opts: SelftestOptions, work: Path) -> Setup:
@@ -149,33 +186,39 @@ def plan_selftest(opts: SelftestOptions, work: Path) -> Setup:
                         "first is warm-up and is not timed)")
     if opts.amp not in AMP_CHOICES:
         raise UserError(f"--amp {opts.amp}: expected one of {', '.join(AMP_CHOICES)}")
+    if opts.backbone is not None and opts.backbone not in MODELS:
+        raise UserError(f"--backbone {opts.backbone}: unknown backbone"
+                        f"{did_you_mean(opts.backbone, MODELS.names())}; known: "
+                        f"{', '.join(MODELS.names())}")
     benchmarks = _select(opts.benchmarks, real_benchmarks(), "benchmark", "--benchmark")
-    methods = _select(opts.methods, METHODS.names(), "method", "--methods")
+    methods = _ordered(_select(opts.methods, METHODS.names(), "method", "--methods"))
     device, _ = select_device(opts.device)
     amp_dtype, _ = amp_settings(opts.amp, device)
-    amp_mode = str(amp_dtype).replace("torch.", "").replace("bfloat16", "bf16") \
-        .replace("float16", "fp16") if amp_dtype else "off"
-    user = load_config(opts.config_file, opts.sets)
-    ours, note = selftest_sets(opts, user, methods, device)
-    cfg = load_config(opts.config_file, (*opts.sets, *ours))
-    data_root, output_dir = work / "data", work / "runs"
-    jobs = []
-    for benchmark in benchmarks:
-        for method in methods:
-            planned = _plan(user, method, benchmark, data_root, output_dir).train.iters
-            jobs.append(Job(benchmark, method, _plan(cfg, method, benchmark, data_root, output_dir),
-                            planned, ours))
-    setup = Setup(opts, device, amp_mode, note, jobs, work=work)
-    profile = device.type == "cuda" if opts.profile is None else opts.profile
-    if profile:
-        bench = AMP_BENCHMARK if AMP_BENCHMARK in benchmarks else benchmarks[0]
-        mode = opts.amp if opts.amp in ("bf16", "fp16") else "bf16"
-        for name, extra in (("fp32", ["train.amp=\"off\"", "train.channels_last=false"]),
-                            ("amp", [f"train.amp=\"{mode}\"", "train.channels_last=true"])):
-            variant = load_config(opts.config_file, (*opts.sets, *ours, *extra))
-            plan = _plan(variant, "source-only", bench, data_root, output_dir)
-            planned = _plan(user, "source-only", bench, data_root, output_dir).train.iters
-            setup.amp_jobs[name] = Job(bench, "source-only", plan, planned, ours + extra)
+    amp_mode = {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype] if amp_dtype else "off"
+    with own_data_root():
+        user = load_config(opts.config_file, opts.sets)
+        ours, note = selftest_sets(opts, user.model, methods, benchmarks, work)
+        sets = (*opts.sets, *ours)
+        train_over = {"iters": opts.iters, "device": opts.device}
+        jobs = []
+        for benchmark in benchmarks:
+            for method in methods:
+                planned = _plan(method, benchmark, opts.sets, opts, {}, None)
+                plan = _plan(method, benchmark, sets, opts, train_over, work / "runs")
+                jobs.append(Job(benchmark, method, plan, planned.train.iters,
+                                planned.bench().expected_val_images or opts.tree.n_val, ours))
+        setup = Setup(opts, device, amp_mode, note, jobs, work=work)
+        profile = device.type == "cuda" if opts.profile is None else opts.profile
+        if profile:
+            bench = AMP_BENCHMARK if AMP_BENCHMARK in benchmarks else benchmarks[0]
+            mode = opts.amp if opts.amp in ("bf16", "fp16") else "bf16"
+            planned = _plan("source-only", bench, opts.sets, opts, {}, None)
+            for name, extra in (("fp32", ['train.amp="off"', "train.channels_last=false"]),
+                                ("amp", [f'train.amp="{mode}"', "train.channels_last=true"])):
+                plan = _plan("source-only", bench, (*sets, *extra), opts, train_over, work / "runs")
+                setup.amp_jobs[name] = Job(bench, "source-only", plan, planned.train.iters,
+                                           planned.bench().expected_val_images or opts.tree.n_val,
+                                           ours + extra)
     return setup
 
 
@@ -225,6 +268,35 @@ def export_and_rescore(run_path: Path, plan: RunPlan, record: dict[str, Any], de
             "rescore_max_iou_difference": worst, "rescore_matches": worst <= 1e-6}
 
 
+def _execute(plan: RunPlan, run_dir: Any, setup: Setup, probe: StepProbe) -> dict[str, Any]:
+    """``Run(plan, run_dir).execute()`` with the run directory locked, as ``udabench run`` does,
+    inside the probe; the run's loaders are stopped afterwards (see probes.py)."""
+    lock = run_dir.lock()
+    try:
+        with probe:
+            return Run(plan, run_dir, setup.console).execute(progress=setup.options.progress)
+    finally:
+        probe.close_loaders()
+        lock.close()
+
+
+def _start(plan: RunPlan, setup: Setup) -> RunPlan:
+    """``preflight``, then ``train.init_from`` resolved by ``udabench run``'s ``with_init_from``:
+    a method that starts from another method's finished run gets it found, or made first."""
+    from udabench.commands.run import with_init_from
+
+    def warm_start(src: RunPlan) -> Path:
+        src = _start(src, setup)
+        setup.log(f"  {plan.method} starts from a {src.method} run: making it first")
+        run_dir = new_run(src)
+        _execute(src, run_dir, setup, StepProbe(setup.device))
+        return run_dir.path
+
+    preflight(plan)
+    with contextlib.redirect_stdout(sys.stderr):  # `run` prints its warm-start notes on stdout
+        return with_init_from(plan, warm_start)
+
+
 def run_job(job: Job, setup: Setup, log: Log, export: bool = True) -> dict[str, Any]:
     """Run one method; returns its result row (status failed with the cause on any error)."""
     plan, device = job.plan, setup.device
@@ -234,35 +306,30 @@ def run_job(job: Job, setup: Setup, log: Log, export: bool = True) -> dict[str, 
         "run_dir": None, "iters": plan.train.iters, "batch_size": plan.train.batch_size,
         "warmup_steps": measure.warmup_steps(plan.train.iters), "measured_steps": 0,
         "amp": amp, "channels_last": channels_last, "compile": compiled,
-        "backbone": plan.model.backbone, "init": plan.model.init,
+        "backbone": plan.model.backbone, "init": plan.model.init, "init_from": None,
         "planned_iters": job.planned_iters,
         **dict.fromkeys(MEASURED),  # null until measured (a failed method keeps the nulls)
     }
     started = time.perf_counter()
-    reset_ok = reset_peak_memory(device)
-    row["memory_kind"] = memory_kind(device, reset_ok)
+    row["memory_kind"] = memory_kind(device, True)
     run_dir = None
     try:
+        plan = _start(plan, setup)
+        if plan.init_from:
+            row["init_from"] = plan.init_from.get("run_id") or plan.init_from["checkpoint"]
+        started = time.perf_counter()  # a warm-start run made first is not this method's time
+        row["memory_kind"] = memory_kind(device, reset_peak_memory(device))
         run_dir = new_run(plan)
         row["run_dir"] = str(run_dir.path)
-        lock = run_dir.lock()
-        try:
-            probe = StepProbe(device)
-            try:
-                with probe:
-                    record = Run(plan, run_dir, setup.console).execute(
-                        progress=setup.options.progress)
-            finally:
-                probe.close_loaders()
-        finally:
-            lock.close()
+        probe = StepProbe(device)
+        record = _execute(plan, run_dir, setup, probe)
         row["peak_memory_bytes"] = peak_memory(device)
         losses = measure.read_losses(run_dir.metrics_file)
         steps = measure.step_figures(probe.steps, row["warmup_steps"])
         per_step = measure.images_per_step(record)
         eval_s = measure.eval_seconds_per_image(record)
         projected = measure.projected_seconds(job.planned_iters, steps.s_per_iter, eval_s,
-                                              plan.bench().target_kind)
+                                              job.planned_val_images)
         row.update({
             "measured_steps": steps.measured_steps, "s_per_iter": steps.s_per_iter,
             "images_per_step": per_step, "train_images_per_s": per_step / steps.s_per_iter,
@@ -331,8 +398,6 @@ def amp_comparison(setup: Setup, rows: list[dict[str, Any]], log: Log) -> dict[s
 # -- the whole selftest -----------------------------------------------------------------------------
 def run_selftest(opts: SelftestOptions, console: Any, log: Log) -> dict[str, Any]:
     """Plan, write and check the tree, run every job, and return the report (see report.py)."""
-    from udabench.selftest.report import build_report
-
     keep = opts.keep is not None
     if keep:
         work = Path(opts.keep).expanduser().resolve()
@@ -349,21 +414,32 @@ def run_selftest(opts: SelftestOptions, console: Any, log: Log) -> dict[str, Any
             shutil.rmtree(work, ignore_errors=True)
         raise
     work.mkdir(parents=True, exist_ok=True)
-    setup.keep, setup.console = keep, console
+    setup.keep, setup.console, setup.log = keep, console, log
     started = time.perf_counter()
     try:
-        roots: dict[str, Path] = {}
-        for job in setup.jobs + list(setup.amp_jobs.values()):
-            bench = job.plan.bench()
-            roots[bench.source_kind] = work / "data" / bench.source_subdir
-            roots[bench.target_kind] = work / "data" / bench.target_subdir
-        log(f"writing the dataset tree under {work / 'data'}")
-        tree = write_tree(roots, opts.tree, progress=lambda what: log(f"  {what}"))
-        data = check_tree(tree, work / "prepared" / "gta5")
-        log("data checks: " + ("ok" if data["ok"] else "; ".join(data["problems"])))
-        rows = [run_job(job, setup, log) for job in setup.jobs]
-        profile = amp_comparison(setup, rows, log) if setup.amp_jobs else None
-        return build_report(setup, data, rows, profile, time.perf_counter() - started)
+        with own_data_root() as env:
+            if env:
+                log(f"{DATA_ENV} is ignored: the selftest reads the tree it writes")
+            return _run(setup, work, started)
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(setup: Setup, work: Path, started: float) -> dict[str, Any]:
+    """Write and check the tree, run the jobs (and the AMP comparison), build the report."""
+    from udabench.selftest.report import build_report
+
+    opts, log = setup.options, setup.log
+    roots: dict[str, Path] = {}
+    for job in setup.jobs + list(setup.amp_jobs.values()):
+        bench = job.plan.bench()
+        roots[bench.source_kind] = work / "data" / bench.source_subdir
+        roots[bench.target_kind] = work / "data" / bench.target_subdir
+    log(f"writing the dataset tree under {work / 'data'}")
+    tree = write_tree(roots, opts.tree, progress=lambda what: log(f"  {what}"))
+    data = check_tree(tree, work / "prepared" / "gta5")
+    log("data checks: " + ("ok" if data["ok"] else "; ".join(data["problems"])))
+    rows = [run_job(job, setup, log) for job in setup.jobs]
+    profile = amp_comparison(setup, rows, log) if setup.amp_jobs else None
+    return build_report(setup, data, rows, profile, time.perf_counter() - started)

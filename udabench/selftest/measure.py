@@ -2,7 +2,8 @@
 
 s/iter is the median step time after the warm-up steps (the first steps pay for allocator growth,
 cuDNN autotuning, ``torch.compile`` and worker start-up). The projection of the published schedule
-is ``planned iterations x s/iter + 500 x eval s/image`` (500 = the Cityscapes val set); it leaves
+is ``planned iterations x s/iter + 500 x eval s/image`` (500: the protocol's validation set,
+Cityscapes val); it leaves
 out what a few steps cannot show: periodic checkpoints and the whole-set pseudo-labelling passes
 of round-based methods (``self-training`` labels every target training image once per round).
 """
@@ -17,8 +18,6 @@ from typing import Any
 
 from udabench.selftest.probes import StepTimes
 
-# Images in the validation set each protocol is scored on (Cityscapes val for both benchmarks).
-VAL_IMAGES = {"cityscapes": 500}
 # The input pipeline is called the bottleneck when steps wait for data this share of their time.
 INPUT_BOUND_FRACTION = 0.10
 
@@ -72,8 +71,9 @@ def eval_seconds_per_image(record: dict[str, Any]) -> float:
 
 
 def projected_seconds(planned_iters: int, s_per_iter: float, eval_s_per_image: float,
-                      target_kind: str) -> float:
-    return planned_iters * s_per_iter + VAL_IMAGES[target_kind] * eval_s_per_image
+                      val_images: int) -> float:
+    """The published schedule's training plus one evaluation of the protocol's validation set."""
+    return planned_iters * s_per_iter + val_images * eval_s_per_image
 
 
 @dataclass

@@ -39,7 +39,7 @@ _ROW = _obj({
     "run_dir": _STR, "iters": {"type": "integer"}, "batch_size": {"type": "integer"},
     "warmup_steps": {"type": "integer"}, "measured_steps": {"type": "integer"},
     "amp": {"enum": ["off", "bf16", "fp16"]}, "channels_last": _BOOL, "compile": _BOOL,
-    "backbone": {"type": "string"}, "init": {"type": "string"},
+    "backbone": {"type": "string"}, "init": {"type": "string"}, "init_from": _STR,
     "planned_iters": {"type": "integer"}, "wall_seconds": {"type": "number"},
     "memory_kind": {"enum": ["cuda_max_allocated", "cpu_peak_rss", "cpu_peak_rss_process"]},
     "peak_memory_bytes": _INT,
@@ -189,8 +189,9 @@ def render(report: dict[str, Any]) -> Group:
         f"CPU ({dev['name']}, {dev['threads']} threads): CPU figures"
     rows = report["results"]
     memory = "CUDA max allocated" if dev["type"] == "cuda" else "peak RSS"
-    table = Table(title=f"udabench selftest: {report['settings']['iters']} iterations per method "
-                        f"on {where}", title_justify="left",
+    backbones = ", ".join(dict.fromkeys(r["backbone"] for r in rows)) or "-"
+    table = Table(title=f"udabench selftest: {report['settings']['iters']} iterations per method, "
+                        f"DeepLabV2 {backbones}, on {where}", title_justify="left",
                   caption=f"network: {report['settings']['init']}; projected = planned iterations "
                           f"x s/iter + 500 x eval s/image (docs/selftest.md)",
                   caption_justify="left")
