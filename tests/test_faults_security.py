@@ -64,7 +64,7 @@ def test_a_pickle_checkpoint_is_refused_and_runs_nothing(header, tmp_path):
 
 def test_eval_resume_and_init_checkpoints_refuse_a_pickle_checkpoint(tmp_path, tmp_path_factory,
                                                                      monkeypatch):
-    """Through the CLI: eval, --resume, and a method's init checkpoint setting."""
+    """Through the CLI: eval, --resume, and starting from another run's weights (train.init_from)."""
     data = tmp_path_factory.getbasetemp() / "faults-data"
     generate_data(data)
     write_toml(tmp_path, data, iters=2, checkpoint_every=2)
@@ -80,8 +80,8 @@ def test_eval_resume_and_init_checkpoints_refuse_a_pickle_checkpoint(tmp_path, t
     evil_file.write_bytes(evil)
     for args in (["eval", str(run)], ["run", "--resume", str(run)],
                  ["run", "self-training", "-b", "minicity-gta2cs",
-                  "--set", f"methods.self-training.init_checkpoint=\"{evil_file}\""],
-                 ["run", "clst", "-b", "minicity-gta2cs", "--set", f"methods.clst.init_from=\"{evil_file}\""]):
+                  "--set", f"train.init_from=\"{evil_file}\""],
+                 ["run", "clst", "-b", "minicity-gta2cs", "--set", f"train.init_from=\"{evil_file}\""]):
         with one_thread():
             r = invoke(*args)
         assert r.exit_code == 2 and "cannot be loaded safely" in r.stderr, (args, r.output)

@@ -81,7 +81,9 @@ class UdabenchGroup(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             # escape(): messages name TOML tables like [train]; rich would eat them as markup
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            # backslashreplace: a path with undecodable bytes must not crash the one error line
+            text = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+            err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except OSError as exc:  # a full disk or a read-only file system, wherever a write met it
             if exc.errno not in _STORAGE_ERRORS:

@@ -33,6 +33,9 @@ class PathsConfig(Settings):
     # udabench.toml that names them, else the current directory) and recorded absolute.
     data_root: Path = setting(Path("data"), free=True, doc="datasets (and generated MiniCity)")
     output_dir: Path = setting(Path("runs"), free=True, doc="run directories and the run store")
+    manifests: dict[str, str] = setting(default_factory=dict, free=True,
+                                        doc="dataset name -> manifest written elsewhere "
+                                            "(`data prepare --out`), e.g. {gta5 = \"/x/manifest.json\"}")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -441,6 +444,7 @@ def _from_dict(data: dict[str, Any], file: Path | None, set_keys: set[str],
         paths,
         data_root=_absolute(paths.data_root, Path.cwd() if env else base("data_root")),
         output_dir=_absolute(paths.output_dir, base("output_dir")),
+        manifests={k: str(_absolute(Path(str(v)), base("manifests"))) for k, v in paths.manifests.items()},
     )
     if check_tables:
         _check_tables(data)

@@ -76,7 +76,8 @@ def plans_from_options(method, benchmark, seed, seeds, train_over, sets, config_
         try:
             plans.append(resolve_plan(method, benchmark, s, train, model, method_over, bench_over,
                                       cfg.paths.data_root, output_dir, name=name, tags=tags,
-                                      origins=origins, spelled=cfg.spelled))
+                                      origins=origins, spelled=cfg.spelled,
+                                      manifests=cfg.paths.manifests))
         except ConfigError as exc:
             raise cfg.blame(exc) from None
     return plans

@@ -48,6 +48,9 @@ def restore(target: Path, device: str | None = None, console: Console | None = N
     checkpoint = Path(target) if Path(target).is_file() else run_dir.checkpoint
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint} does not exist; the run has no checkpoint yet")
+    from udabench.data.manifest import configure_manifests
+
+    configure_manifests(plan.manifests)
     placement = place(device or plan.train.device)
     amp_dtype, _ = amp_settings(plan.train.amp, placement.device)
     bench = plan.bench()

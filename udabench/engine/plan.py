@@ -51,6 +51,7 @@ class RunPlan:
     # `udabench config show`; paths as the user spelled them. Neither changes numbers.
     origins: dict[str, str] = field(default_factory=dict)
     spelled: dict[str, str] = field(default_factory=dict)
+    manifests: dict[str, str] = field(default_factory=dict)  # paths.manifests (data prepare --out)
 
     def bench(self) -> Any:
         """The benchmark spec this run uses ([benchmarks.<name>] overrides applied)."""
@@ -82,6 +83,7 @@ class RunPlan:
             benchmark_overrides=d.get("benchmark_overrides", {}),
             name=d.get("name"), tags=list(d.get("tags") or []), init_from=d.get("init_from"),
             origins=dict(d.get("origins") or {}), spelled=dict(d.get("spelled") or {}),
+            manifests=dict(d.get("manifests") or {}),
         )
 
 
@@ -98,6 +100,7 @@ def resolve_plan(
     method_overrides: dict[str, Any], benchmark_overrides: dict[str, Any], data_root: Path,
     output_dir: Path, *, name: str | None = None, tags: tuple[str, ...] | list[str] = (),
     origins: dict[str, str] | None = None, spelled: dict[str, str] | None = None,
+    manifests: dict[str, str] | None = None,
 ) -> RunPlan:
     """Benchmark run defaults < the method's published schedule < the user's settings."""
     if seed < 0:
@@ -145,6 +148,7 @@ def resolve_plan(
         method_config=dataclasses.asdict(method_cfg), data_root=str(data_root),
         output_dir=str(output_dir), spec_hash=bench.hash(), benchmark_overrides=benchmark_overrides,
         name=name or None, tags=list(tags), origins=origins, spelled=dict(spelled or {}),
+        manifests=dict(manifests or {}),
     )
 
 
@@ -169,7 +173,10 @@ def preflight(plan: RunPlan, world_size: int = 1) -> None:
     """Everything that can fail without training, checked now (seconds) instead of later (hours)."""
     from udabench.engine.devices import amp_settings, select_device
 
+    from udabench.data.manifest import configure_manifests
+
     bench = plan.bench()
+    configure_manifests(plan.manifests)
     device, _ = select_device(plan.train.device)
     amp_settings(plan.train.amp, device)
     micro_batch(plan.train.batch_size, world_size, plan.train.grad_accum)

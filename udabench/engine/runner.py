@@ -15,6 +15,7 @@ from rich.console import Console
 
 from udabench.config import build
 from udabench.data.loaders import InfiniteLoader
+from udabench.data.manifest import configure_manifests
 from udabench.engine.checkpoint import load_checkpoint, seed_everything
 from udabench.engine.devices import amp_settings, peak_memory_bytes, place, rank0_first
 from udabench.engine.evaluator import EvalSettings, evaluate
@@ -133,6 +134,7 @@ class Run:
         micro, accum = micro_batch(plan.train.batch_size, placement.world_size, plan.train.grad_accum)
 
         data_root = data_root_of(plan)
+        configure_manifests(plan.manifests)
         with rank0_first(placement.world_size, placement.is_main):  # rank 0 generates MiniCity
             sets = data_splits(bench, data_root, method_cls.uses_target_labels, self.console)
         val_ids = check_validation_set(bench, sets.target_val)
@@ -207,6 +209,9 @@ class Run:
         record = self._record(bench, method_cls, segmenter, network, result, score, eval_settings,
                               trainer, placement, eval_seconds, micro, accum, amp_dtype, channels_last)
         record["eval"]["val_fingerprint"] = val_fingerprint(val_ids)
+        record["data"] = {"root": str(data_root), **{
+            f"{name}_manifest": str(getattr(ds, "manifest_path", None) or "") or None
+            for name, ds in (("source", source_ds), ("target", sets.target_train), ("val", sets.target_val))}}
         if trainer.step != plan.train.iters:  # never file a run that did not train its schedule
             raise UserError(f"run {self.run_dir.path} trained {trainer.step} of {plan.train.iters} "
                             "iterations; it was not recorded as a result")
