@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -110,48 +109,43 @@ def _run_json(r: dict[str, Any]) -> dict[str, Any]:
     return {**{k: r.get(k) for k in keys}, "val_set": val_set(r)}
 
 
-def _runs_table(bench: str, spec: str, rows: list[dict[str, Any]], width: int) -> Table:
+def _runs_listing(bench: str, spec: str, rows: list[dict[str, Any]], width: int) -> Text:
+    """One benchmark's runs as aligned lines. Laid out here rather than by a rich Table: thousands of
+    rows are listed in a fraction of the time. Method and name share the width the other columns
+    leave (longer ones end in '…'); wall and iters are dropped first when the terminal is narrow."""
     from udabench.report import fmt
 
     subsets = [str(s) for s in rows[0]["subsets"]]
-    table = Table(title=f"{bench} (spec {spec}): {len(rows)} run(s)", title_justify="left",
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     named = any(r.get("name") or r.get("tags") for r in rows)
     headers = ["run id", "method", "name", "seed", "status", *[f"mIoU{sub}" for sub in subsets], "iters", "wall"]
-    body = []
-    for r in rows:
-        body.append([r["run_id"], r["method"] + ("" if r.get("uda", True) else " (not UDA)"), _label(r),
-                     str(r["seed"]), r["status"], *[fmt(r["miou"].get(sub)) for sub in subsets],
-                     str(r.get("iters", "-")), _duration((r.get("compute") or {}).get("wall_seconds"))])
-    natural = [max(len(h), *(len(row[j]) for row in body)) for j, h in enumerate(headers)]
+    body = [[r["run_id"], r["method"] + ("" if r.get("uda", True) else " (not UDA)"), _label(r), str(r["seed"]),
+             r["status"], *[fmt(r["miou"].get(sub)) for sub in subsets], str(r.get("iters", "-")),
+             _duration((r.get("compute") or {}).get("wall_seconds"))] for r in rows]
+    widths = [max(len(h), *(len(row[j]) for row in body)) for j, h in enumerate(headers)]
     shown = [j for j, h in enumerate(headers) if h != "name" or named]
-    # Measuring thousands of cells is most of rich's time, so every width is given: the columns
-    # that never wrap get theirs (the run id carries the config hash and seed: never squeezed),
-    # method and name share what is left and fold; wall and iters go first when it is too narrow.
     folding = [j for j in shown if headers[j] in ("method", "name")]
 
     def room() -> int:
-        fixed = sum(natural[j] for j in shown if j not in folding)
-        return (width - fixed - 3 * (len(shown) - 1)) // len(folding)  # 3: padding and rule
+        return (width - sum(widths[j] for j in shown if j not in folding) - 3 * (len(shown) - 1)) // len(folding)
 
     for optional in (len(headers) - 1, len(headers) - 2):
-        if room() < min(10, min(natural[j] for j in folding)):
+        if room() < min(10, min(widths[j] for j in folding)):
             shown.remove(optional)
-    share = room()
     for j in folding:
-        natural[j] = max(6, min(natural[j], share))
-    for j in shown:
-        folds = j in folding
-        table.add_column(headers[j], justify="right" if j == 3 or j > 4 else "left", width=natural[j],
-                         no_wrap=not folds, overflow="fold" if folds else "ellipsis")
-    body = [[row[j] for j in shown] for row in body]
+        widths[j] = max(6, min(widths[j], room()))
+
+    def cell(j: int, value: str) -> str:
+        value = value if len(value) <= widths[j] else value[: widths[j] - 1] + "…"
+        return value.rjust(widths[j]) if j == 3 or j > 4 else value.ljust(widths[j])
+
     styles = {"finished": "", "superseded": "dim", "missing": "red", "changed": "yellow"}
-    status = shown.index(4)
-    for r, cells in zip(rows, body):
-        texts = [Text(cell) for cell in cells]  # Text, not markup: a tag like [ablation] is data
-        texts[status].stylize(styles[r["status"]])
-        table.add_row(*texts)
-    return table
+    out = Text(f"{bench} (spec {spec}): {len(rows)} run(s)\n", style="italic")
+    out.append("   ".join(cell(j, headers[j]) for j in shown).rstrip() + "\n", style="bold")
+    out.append("─" * min(width, sum(widths[j] for j in shown) + 3 * (len(shown) - 1)) + "\n")
+    for r, row in zip(rows, body):
+        line = "   ".join(cell(j, row[j]) for j in shown).rstrip() + "\n"
+        out.append(line, style=styles[r["status"]])  # Text, not markup: a tag like [ablation] is data
+    return out
 
 
 @click.command("runs")
@@ -203,7 +197,7 @@ def runs_cmd(benchmark: str | None, methods: tuple[str, ...], names: tuple[str, 
     for r in rows:
         groups.setdefault((r["benchmark"], r["spec_hash"]), []).append(r)
     for (bench, spec), group in sorted(groups.items()):
-        console.print(_runs_table(bench, spec, group, console.width))
+        console.print(_runs_listing(bench, spec, group, console.width), soft_wrap=True)
         console.print()
     console.print(Text(f"store {view.store}; a configuration and seed count once (the newest finished run; "
                        "older ones are superseded); compare two with `udabench compare A B`", style="dim"),
