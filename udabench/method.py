@@ -32,6 +32,21 @@ from udabench.methodkit.losses import (IGNORE, ce_sum, cross_entropy, mixed_ce, 
 from udabench.methodkit.pseudo import (ConfidenceCollector, batch_window_labels,  # noqa: F401
                                        ordered_loader, pseudo_labels, window_labels)
 from udabench.methodkit.teacher import ema_alpha, ema_update, make_teacher  # noqa: F401
+from udabench.methodkit.mean_teacher import (border_rows, confident_fraction,  # noqa: F401
+                                             ema_update_parameters, pseudo_weight_map,
+                                             set_teacher_mode, teacher_pseudo_labels,
+                                             weighted_ce)
+from udabench.methodkit.mixing import (blur_kernel_size, class_mix_batch,  # noqa: F401
+                                       class_mix_masks, color_jitter, gaussian_blur,
+                                       jitter_params, mix, strong_augment, unit_float)
+from udabench.methodkit.masking import (block_mask, block_size, input_mean,  # noqa: F401
+                                        mask_images, masked_consistency_loss)
+from udabench.methodkit.fd import (THING_CLASSES, FrozenEncoder,  # noqa: F401
+                                   downscale_label_ratio, thing_feature_distance)
+from udabench.methodkit.rcs import RareClassSampler, rare_class_crop, rcs_class_probs  # noqa: F401
+from udabench.methodkit.schedules import lr_factor, warmup_factor  # noqa: F401
+from udabench.methodkit.network import missing_network  # noqa: F401
+from udabench.methodkit.dacs_family import ClassMixTeacher  # noqa: F401
 from udabench.data.datasets import sample_seed as hash_seed  # noqa: F401  (stable seeds from parts)
 from udabench.methodkit.weights import load_segmenter_weights  # noqa: F401
 from udabench.models.discriminator import Discriminator  # noqa: F401
