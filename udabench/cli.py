@@ -24,7 +24,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("udabench.commands.run", "run_cmd",
             "Train METHOD on a benchmark, evaluate it, and write a run directory."),
     "eval": ("udabench.commands.run", "eval_cmd",
-             "Evaluate a run directory (or its checkpoints/last.pt) on a benchmark's validation set."),
+             "Evaluate a run (any of its checkpoints) or a weights file on a benchmark's validation set."),
     "data": ("udabench.commands.data", "data",
              "Check and prepare datasets on disk (udabench never downloads datasets)."),
     "runs": ("udabench.commands.results", "runs_cmd", "List the finished runs in the run store."),
@@ -41,6 +41,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
                "Show the resolved settings of a run before running it."),
     "plot": ("udabench.commands.predict", "plot_cmd",
              "Charts as PNG: RUN's per-class IoU and training curves, or A vs B per class with deltas."),
+    "sweep": ("udabench.commands.sweep", "sweep_group", "Run many runs from a TOML spec (methods x benchmarks x seeds x settings), locally or on Slurm."),
     "selftest": ("udabench.commands.selftest", "selftest_cmd",
                  "Run every method at the real protocols' sizes on generated data, and time it."),
 }

@@ -213,20 +213,56 @@ def run_cmd(method, benchmark, seed, seeds, iters, sets, resume, from_run, devic
 
 
 @click.command("eval")
-@click.argument("target", type=click.Path(path_type=Path))
-@click.option("--benchmark", "-b", help="evaluate on another benchmark than the run's own")
+@click.argument("target", type=click.Path(path_type=Path), required=False)
+@click.option("--checkpoint", help="of a run: last (default), best or iter_N; without a run: a weights "
+                                   "file (udabench or DeepLabV2 release) to score on --benchmark")
+@click.option("--benchmark", "-b", help="evaluate on another benchmark than the run's own (required "
+                                        "for a weights file)")
+@click.option("--format", "fmt", type=click.Choice(["auto", "udabench", "deeplab"]), default="auto",
+              show_default=True, help="layout of a weights file (docs/results.md)")
+@click.option("--set", "sets", multiple=True, metavar="model.KEY=VALUE",
+              help="network of a weights file, e.g. --set model.backbone=resnet101 --set model.multi_level=true")
+@click.option("--name", help="name of a weights file's result (default: the file name)")
 @click.option("--device", help="auto | cpu | cuda | cuda:N")
-def eval_cmd(target: Path, benchmark: str | None, device: str | None) -> None:
-    """Evaluate a run directory (or its checkpoints/last.pt) on a benchmark's validation set."""
-    from udabench.engine.evaluate_run import evaluate_run
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="settings file (default ./udabench.toml)")
+def eval_cmd(target: Path | None, checkpoint: str | None, benchmark: str | None, fmt: str,
+             sets: tuple[str, ...], name: str | None, device: str | None, config_file: Path | None) -> None:
+    """Evaluate a run (any of its checkpoints) or a weights file on a benchmark's validation set."""
     from udabench.engine.rundir import write_json
     from udabench.report import result_table
 
-    record, run_dir = evaluate_run(target, benchmark, device)
+    if target is None:  # weights trained anywhere
+        if not checkpoint or not benchmark:
+            raise UserError("udabench eval needs a run directory, or --checkpoint FILE --benchmark B")
+        from udabench.engine.external import evaluate_external
+        from udabench.results.store import index_run, store_path
+
+        for item in sets:
+            key, _, _ = item.partition("=")
+            if not key.startswith("model."):
+                raise UserError(f"--set {item!r}: eval of a weights file takes model.* settings only")
+        cfg = load_config(config_file, sets)
+        model = dict(cfg.model)
+        record, run_dir = evaluate_external(Path(checkpoint), benchmark, model, fmt, name, device,
+                                            cfg.paths.output_dir, cfg.paths.data_root, console,
+                                            cfg.benchmark_overrides(benchmark))
+        index_run(store_path(cfg.paths.output_dir), run_dir.path)
+        console.print(result_table(record))
+        console.print(f"external weights ({record['external_weights']['format']}, sha256 "
+                      f"{record['external_weights']['sha256'][:12]}): {run_dir.path}")
+        return
+    if sets or name or fmt != "auto":
+        raise UserError("--set/--name/--format describe a weights file; a run directory has its own settings")
+    from udabench.engine.evaluate_run import evaluate_run
+
+    record, run_dir = evaluate_run(target, benchmark, device, which=checkpoint)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = run_dir.path / "evals"
     out_dir.mkdir(exist_ok=True)
-    path = out_dir / f"{record['benchmark']}-{stamp}.json"
+    path = out_dir / f"{record['benchmark']}-{Path(record['eval']['checkpoint'].split()[0]).name}-{stamp}.json"
     write_json(path, record)
     console.print(result_table(record))
+    if record["eval"]["checkpoint"].startswith("best"):
+        console.print("[yellow]note:[/] best.pt was chosen on the validation labels (model selection on "
+                      "the test set): report it as such, never beside last-checkpoint results")
     console.print(f"written to {path}")

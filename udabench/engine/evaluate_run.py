@@ -42,10 +42,31 @@ class Restored:
     settings: EvalSettings
 
 
-def restore(target: Path, device: str | None = None, console: Console | None = None) -> Restored:
+BEST_LABEL = "best (target-label model selection)"
+
+
+def checkpoint_of(run_dir: RunDir, which: str | None) -> Path:
+    """``last`` (default), ``best`` (kept with train.best_checkpoint), ``iter_N``, or a file."""
+    if which in (None, "", "last"):
+        return run_dir.checkpoint
+    if which == "best":
+        return run_dir.best_checkpoint
+    if which.startswith("iter_") and which[5:].isdigit():
+        return run_dir.checkpoint_at(int(which[5:]))
+    raise UserError(f"--checkpoint {which!r}: expected last, best or iter_N for a run directory "
+                    "(or a weights file with --benchmark and no run directory)")
+
+
+def checkpoint_label(path: Path) -> str:
+    """How a result names the checkpoint it scored; best.pt is model selection on target labels."""
+    return BEST_LABEL if path.name == "best.pt" else path.stem
+
+
+def restore(target: Path, device: str | None = None, console: Console | None = None,
+            which: str | None = None) -> Restored:
     """Rebuild the method of a run directory (or of one of its checkpoints) and load its weights."""
     plan, run_dir = open_run(_run_dir_of(target))
-    checkpoint = Path(target) if Path(target).is_file() else run_dir.checkpoint
+    checkpoint = Path(target) if Path(target).is_file() else checkpoint_of(run_dir, which)
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint} does not exist; the run has no checkpoint yet")
     from udabench.data.manifest import configure_manifests
@@ -71,8 +92,9 @@ def restore(target: Path, device: str | None = None, console: Console | None = N
 
 
 def evaluate_run(target: Path, benchmark: str | None = None, device: str | None = None,
-                 console: Console | None = None) -> tuple[dict[str, Any], RunDir]:
-    r = restore(target, device, console)
+                 console: Console | None = None, which: str | None = None
+                 ) -> tuple[dict[str, Any], RunDir]:
+    r = restore(target, device, console, which)
     plan, run_dir, own = r.plan, r.run_dir, r.bench
     bench = BENCHMARKS.get(benchmark) if benchmark else own
     if bench.num_classes != own.num_classes:
@@ -95,7 +117,7 @@ def evaluate_run(target: Path, benchmark: str | None = None, device: str | None 
         "miou": {k: v * 100 for k, v in score.miou.items()},
         "iou": {k: v * 100 for k, v in score.iou.items()},
         "pixel_accuracy": score.pixel_accuracy * 100,
-        "eval": {**settings.describe(), "network": network, "checkpoint": str(checkpoint.name),
+        "eval": {**settings.describe(), "network": network, "checkpoint": checkpoint_label(checkpoint),
                  "images": len(result.ids)},
     }
     return record, run_dir

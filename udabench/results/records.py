@@ -67,6 +67,8 @@ def unfinished_reason(record: dict[str, Any], config: dict[str, Any]) -> str | N
     """Why a result record is not a finished result (None when it is): it must have trained at
     least one iteration, and exactly the iterations it was planned for (``planned_iters``, or the
     run's config.json ``train.iters`` for records written before that key existed)."""
+    if record.get("external_weights"):  # scored weights trained elsewhere: no schedule here
+        return None
     iters = int_or_none(record.get("iters"))
     if iters is None or iters < 1:
         return f"it trained {record.get('iters')!r} iterations"
