@@ -128,6 +128,7 @@ def _store(w: World) -> None:
         d = w.root / "runs" / rec["benchmark"] / rec["method"] / f"r{i}"
         d.mkdir(parents=True)
         (d / "result.json").write_text(json.dumps(rec))
+        (d / "config.json").write_text(json.dumps({"train": {"iters": rec["iters"]}}))  # a run dir holds both
     invoke("runs", "--reindex", "--output-dir", str(w.root / "runs"))
 
 
