@@ -43,7 +43,7 @@ from udabench.methodkit.masking import (block_mask, block_size, input_mean,  # n
                                         mask_images, masked_consistency_loss)
 from udabench.methodkit.fd import (THING_CLASSES, FrozenEncoder,  # noqa: F401
                                    downscale_label_ratio, thing_feature_distance)
-from udabench.methodkit.rcs import RareClassSampler, rare_class_crop, rcs_class_probs  # noqa: F401
+from udabench.methodkit.rcs import RareClassSampler, rcs_class_probs  # noqa: F401
 from udabench.methodkit.schedules import lr_factor, warmup_factor  # noqa: F401
 from udabench.methodkit.network import missing_network  # noqa: F401
 from udabench.methodkit.dacs_family import ClassMixTeacher  # noqa: F401

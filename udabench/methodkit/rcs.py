@@ -9,8 +9,8 @@ manifest ``udabench data prepare`` writes, ``SegmentationDataset.class_counts()`
 - P(c) = softmax_c((1 - f_c) / T), T = 0.01;
 - a source sample: draw c ~ P, then an image uniformly among those with > ``min_pixels`` (3000)
   pixels of c; then up to 10 re-crops until the crop holds > ``min_pixels x min_crop_ratio``
-  (1500) pixels of c (``rare_class_crop``). Every sample is an independent draw (with
-  replacement); the target image is drawn uniformly.
+  (1500) pixels of c (the method's crop, udabench.methodkit.crops.crop_source). Every sample is
+  an independent draw (with replacement); the target image is drawn uniformly.
 
 The official code stops (an assertion) when a class has pixels but no image above
 ``min_pixels``; here such a class is left out and P is renormalised over the others
@@ -18,11 +18,9 @@ The official code stops (an assertion) when a class has pixels but no image abov
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
-RECROPS = 10  # the official loop: `for j in range(10)`
 
 
 def rcs_class_probs(class_counts: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -92,17 +90,3 @@ class RareClassSampler:
                 "min_crop_ratio": self.min_crop_ratio, "dropped": list(self.dropped),
                 "class_probs": [round(float(p), 12) for p in self.class_probs]}
 
-
-def rare_class_crop(crop: Callable[[], dict], c: int, sampler: RareClassSampler,
-                    recrops: int = RECROPS) -> dict:
-    """The official crop rule for a sample drawn for class ``c``: take a random crop; while it
-    holds too few pixels of c, crop again, at most ``recrops`` times (the last crop is kept
-    unchecked). ``crop()`` returns a new random crop {"image", "label", ...} of the same image."""
-    sample = crop()
-    if sampler.min_crop_ratio <= 0:
-        return sample
-    for _ in range(recrops):
-        if sampler.crop_has_class(sample["label"], c):
-            break
-        sample = crop()
-    return sample
