@@ -138,3 +138,14 @@ def test_one_training_step_moves_every_part():
                    "head.fuse_layer.bottleneck.", "head.conv_seg."):
         assert any(not torch.equal(p, before[n]) for n, p in seg.named_parameters()
                    if n.startswith(prefix)), prefix
+
+
+@pytest.mark.slow
+def test_the_daformer_network_mit_b5():
+    seg = build_segmenter(SegmenterConfig(backbone="mit_b5", init="scratch", head="daformer"), 19).eval()
+    assert sum(p.numel() for p in seg.backbone.parameters()) == 81_443_008  # SegFormer: 81.4M
+    assert sum(p.numel() for p in seg.head.parameters()) == 3_712_275
+    with torch.no_grad():
+        out = seg(torch.rand(1, 3, 96, 128))
+    assert out["out"].shape == (1, 19, 24, 32) and out["feat"].shape == (1, 512, 3, 4)
+    assert torch.isfinite(out["out"]).all()
