@@ -252,7 +252,14 @@ def test_plan_keeps_the_real_protocol_and_says_how_the_network_starts(tmp_path, 
     assert set(plans) >= {"source-only", "clst", "oracle"}
     assert [job.method for job in setup.jobs][0] == "source-only"  # CBST's warm start runs first
     protocol = BENCHMARKS.get("gta2cs")
+    from udabench.errors import UserError
+
     for job in setup.jobs:
+        if job.plan is None:  # `udabench run` refuses it the same way
+            with pytest.raises(UserError) as refused:
+                plans_from_options(job.method, "gta2cs", 0, None, {}, (), None, None, None, (), None)
+            assert job.error.endswith(str(refused.value).splitlines()[0])
+            continue
         real = plans_from_options(job.method, "gta2cs", 0, None, {}, (), None, None, None, (), None)[0]
         assert job.planned_iters == real.train.iters and job.planned_val_images == 500
         assert job.plan.train.iters == 2 and job.plan.train.batch_size == real.train.batch_size
@@ -260,12 +267,31 @@ def test_plan_keeps_the_real_protocol_and_says_how_the_network_starts(tmp_path, 
         # the protocol, but for the number of validation images the small tree has
         assert job.plan.bench() == protocol.with_overrides({"val_images": 4})
         assert job.plan.data_root == str(tmp_path / "data")  # not UDABENCH_DATA's
-    assert plans["clst"].method_config["w_cl"] == 0.5 and plans["clst"].method_config["warmup_iters"] == 0
+    assert plans["clst"].method_config["w_cl"] == 0.5
+    assert plans["clst"].method_config["warmup_iters"] == -1  # the recipe's own, not changed
     assert "randomly initialised" in setup.init_note
     (tmp_path / "r101.pth").write_bytes(b"")  # the plan only checks that the file exists
     weights = _setup(tmp_path, sets=(f"model.init={tmp_path / 'r101.pth'}",))
     assert weights.jobs[0].plan.model.init == str(tmp_path / "r101.pth")
     assert "configured" in weights.init_note
+
+
+def test_a_method_that_run_refuses_fails_alone(tmp_path, monkeypatch):
+    from udabench.errors import ConfigError
+    from udabench.registry import METHODS
+
+    def refuse(cfg, model):
+        raise ConfigError("methods.clst.tau = 0.1 is not allowed: refused for this test")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(METHODS.get("clst"), "check_plan", classmethod(lambda cls, c, m: refuse(c, m)))
+    setup = _setup(tmp_path, methods=("source-only,clst",))
+    jobs = {job.method: job for job in setup.jobs}
+    assert jobs["clst"].plan is None and "refused for this test" in jobs["clst"].error
+    assert jobs["source-only"].plan is not None and jobs["source-only"].error is None
+    row = run_job(jobs["clst"], setup, lambda line: None)
+    assert row["status"] == "failed" and row["error"] == jobs["clst"].error
+    assert row["run_dir"] is None and row["batch_size"] is None and not (tmp_path / "runs").exists()
 
 
 def test_a_failing_method_gives_a_one_line_cause_and_a_schema_valid_report(tmp_path, monkeypatch):

@@ -13,7 +13,6 @@ method failing never stops the others.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import math
 import os
@@ -112,10 +111,25 @@ def own_data_root() -> Iterator[str | None]:
 class Job:
     benchmark: str
     method: str
-    plan: RunPlan
-    planned_iters: int  # what `udabench run` would train on this benchmark with these settings
+    plan: RunPlan | None  # None: `udabench run` refuses this method here (``error`` says why)
+    planned_iters: int | None  # what `udabench run` would train with these settings
     planned_val_images: int  # what the real protocol evaluates on (500 for Cityscapes val)
     overrides: list[str]  # the --set items the selftest added
+    error: str | None = None
+
+
+def make_job(method: str, benchmark: str, user_sets: tuple[str, ...], sets: tuple[str, ...],
+             opts: SelftestOptions, work: Path, overrides: list[str]) -> Job:
+    """The method's plan as `udabench run` makes it; a method that `run` refuses on this
+    benchmark (its plan check fails) becomes a job that fails with that one line."""
+    try:
+        planned = _plan(method, benchmark, user_sets, opts, {}, None)
+        plan = _plan(method, benchmark, sets, opts, {"iters": opts.iters, "device": opts.device},
+                     work / "runs")
+    except UserError as exc:
+        return Job(benchmark, method, None, None, 0, overrides, one_line(exc))
+    return Job(benchmark, method, plan, planned.train.iters,
+               planned.bench().expected_val_images or opts.tree.n_val, overrides)
 
 
 @dataclass
@@ -132,8 +146,8 @@ class Setup:
     log: Log = print
 
 
-def selftest_sets(opts: SelftestOptions, user_model: dict[str, Any], methods: list[str],
-                  benchmarks: list[str], work: Path) -> tuple[list[str], str]:
+def selftest_sets(opts: SelftestOptions, user_model: dict[str, Any], benchmarks: list[str],
+                  work: Path) -> tuple[list[str], str]:
     """The --set items the selftest adds to the user's, and the initialisation note."""
     n = opts.iters
     sets = [f"paths.data_root={_toml(work / 'data')}", f"paths.output_dir={_toml(work / 'runs')}",
@@ -154,12 +168,6 @@ def selftest_sets(opts: SelftestOptions, user_model: dict[str, Any], methods: li
     # protocol's in every other respect (this override gives the runs their own spec hash).
     for benchmark in benchmarks:
         sets.append(f"benchmarks.{benchmark}.val_images={opts.tree.n_val}")
-    # Methods that first train source-only for a share of the run start adapting at once, so
-    # that even 2 steps exercise (and time) each method's own step.
-    for method in methods:
-        fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
-        if "warmup_iters" in fields:
-            sets.append(f"methods.{method}.warmup_iters=0")
     return sets, note
 
 
@@ -197,32 +205,27 @@ def plan_selftest(opts: SelftestOptions, work: Path) -> Setup:
     amp_mode = {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype] if amp_dtype else "off"
     with own_data_root():
         user = load_config(opts.config_file, opts.sets)
-        ours, note = selftest_sets(opts, user.model, methods, benchmarks, work)
+        ours, note = selftest_sets(opts, user.model, benchmarks, work)
         sets = (*opts.sets, *ours)
-        train_over = {"iters": opts.iters, "device": opts.device}
-        jobs = []
-        for benchmark in benchmarks:
-            for method in methods:
-                planned = _plan(method, benchmark, opts.sets, opts, {}, None)
-                plan = _plan(method, benchmark, sets, opts, train_over, work / "runs")
-                jobs.append(Job(benchmark, method, plan, planned.train.iters,
-                                planned.bench().expected_val_images or opts.tree.n_val, ours))
+        jobs = [make_job(method, benchmark, opts.sets, sets, opts, work, ours)
+                for benchmark in benchmarks for method in methods]
         setup = Setup(opts, device, amp_mode, note, jobs, work=work)
         profile = device.type == "cuda" if opts.profile is None else opts.profile
         if profile:
             bench = AMP_BENCHMARK if AMP_BENCHMARK in benchmarks else benchmarks[0]
             mode = opts.amp if opts.amp in ("bf16", "fp16") else "bf16"
-            planned = _plan("source-only", bench, opts.sets, opts, {}, None)
             for name, extra in (("fp32", ['train.amp="off"', "train.channels_last=false"]),
                                 ("amp", [f'train.amp="{mode}"', "train.channels_last=true"])):
-                plan = _plan("source-only", bench, (*sets, *extra), opts, train_over, work / "runs")
-                setup.amp_jobs[name] = Job(bench, "source-only", plan, planned.train.iters,
-                                           planned.bench().expected_val_images or opts.tree.n_val,
-                                           ours + extra)
+                setup.amp_jobs[name] = make_job("source-only", bench, opts.sets, (*sets, *extra),
+                                                opts, work, ours + extra)
     return setup
 
 
 # -- one method ------------------------------------------------------------------------------------
+class _Refused(UserError):
+    """`udabench run` refused to plan this method (the message is the plan's error)."""
+
+
 def one_line(exc: BaseException) -> str:
     """The cause in one line: a UserError's own message, else the exception type and message."""
     text = str(exc).strip().splitlines()
@@ -300,20 +303,24 @@ def _start(plan: RunPlan, setup: Setup) -> RunPlan:
 def run_job(job: Job, setup: Setup, log: Log, export: bool = True) -> dict[str, Any]:
     """Run one method; returns its result row (status failed with the cause on any error)."""
     plan, device = job.plan, setup.device
-    amp, channels_last, compiled = _effective(plan, device)
+    opts = setup.options
+    amp, channels_last, compiled = _effective(plan, device) if plan else \
+        (setup.amp_mode, False, opts.compile)
     row: dict[str, Any] = {
-        "benchmark": job.benchmark, "method": job.method, "status": "failed", "error": None,
-        "run_dir": None, "iters": plan.train.iters, "batch_size": plan.train.batch_size,
-        "warmup_steps": measure.warmup_steps(plan.train.iters), "measured_steps": 0,
+        "benchmark": job.benchmark, "method": job.method, "status": "failed", "error": job.error,
+        "run_dir": None, "iters": opts.iters, "batch_size": plan and plan.train.batch_size,
+        "warmup_steps": measure.warmup_steps(opts.iters), "measured_steps": 0,
         "amp": amp, "channels_last": channels_last, "compile": compiled,
-        "backbone": plan.model.backbone, "init": plan.model.init, "init_from": None,
-        "planned_iters": job.planned_iters,
+        "backbone": plan and plan.model.backbone, "init": plan and plan.model.init,
+        "init_from": None, "planned_iters": job.planned_iters,
         **dict.fromkeys(MEASURED),  # null until measured (a failed method keeps the nulls)
     }
     started = time.perf_counter()
     row["memory_kind"] = memory_kind(device, True)
     run_dir = None
     try:
+        if plan is None:
+            raise _Refused(job.error or "no plan")
         plan = _start(plan, setup)
         if plan.init_from:
             row["init_from"] = plan.init_from.get("run_id") or plan.init_from["checkpoint"]
@@ -376,7 +383,7 @@ def amp_comparison(setup: Setup, rows: list[dict[str, Any]], log: Log) -> dict[s
     out: dict[str, Any] = {"benchmark": setup.amp_jobs["fp32"].benchmark, "method": "source-only",
                            "device": setup.device.type, "status": "ok", "error": None}
     for name, job in setup.amp_jobs.items():
-        key = _effective(job.plan, setup.device)
+        key = _effective(job.plan, setup.device) if job.plan else None
         reuse = next((r for r in rows if r["benchmark"] == job.benchmark and r["method"] == job.method
                       and r["status"] == "ok" and (r["amp"], r["channels_last"], r["compile"]) == key),
                      None)
@@ -433,7 +440,7 @@ def _run(setup: Setup, work: Path, started: float) -> dict[str, Any]:
     opts, log = setup.options, setup.log
     roots: dict[str, Path] = {}
     for job in setup.jobs + list(setup.amp_jobs.values()):
-        bench = job.plan.bench()
+        bench = job.plan.bench() if job.plan else BENCHMARKS.get(job.benchmark)
         roots[bench.source_kind] = work / "data" / bench.source_subdir
         roots[bench.target_kind] = work / "data" / bench.target_subdir
     log(f"writing the dataset tree under {work / 'data'}")

@@ -36,11 +36,11 @@ def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool =
 _ROW = _obj({
     "benchmark": {"type": "string"}, "method": {"type": "string"},
     "status": {"enum": ["ok", "failed"]}, "error": _STR,
-    "run_dir": _STR, "iters": {"type": "integer"}, "batch_size": {"type": "integer"},
+    "run_dir": _STR, "iters": {"type": "integer"}, "batch_size": _INT,
     "warmup_steps": {"type": "integer"}, "measured_steps": {"type": "integer"},
     "amp": {"enum": ["off", "bf16", "fp16"]}, "channels_last": _BOOL, "compile": _BOOL,
-    "backbone": {"type": "string"}, "init": {"type": "string"}, "init_from": _STR,
-    "planned_iters": {"type": "integer"}, "wall_seconds": {"type": "number"},
+    "backbone": _STR, "init": _STR, "init_from": _STR,
+    "planned_iters": _INT, "wall_seconds": {"type": "number"},
     "memory_kind": {"enum": ["cuda_max_allocated", "cpu_peak_rss", "cpu_peak_rss_process"]},
     "peak_memory_bytes": _INT,
     "s_per_iter": _NUM, "images_per_step": _NUM, "train_images_per_s": _NUM,
@@ -189,7 +189,7 @@ def render(report: dict[str, Any]) -> Group:
         f"CPU ({dev['name']}, {dev['threads']} threads): CPU figures"
     rows = report["results"]
     memory = "CUDA max allocated" if dev["type"] == "cuda" else "peak RSS"
-    backbones = ", ".join(dict.fromkeys(r["backbone"] for r in rows)) or "-"
+    backbones = ", ".join(dict.fromkeys(r["backbone"] for r in rows if r["backbone"])) or "-"
     table = Table(title=f"udabench selftest: {report['settings']['iters']} iterations per method, "
                         f"DeepLabV2 {backbones}, on {where}", title_justify="left",
                   caption=f"network: {report['settings']['init']}; projected = planned iterations "
@@ -204,7 +204,7 @@ def render(report: dict[str, Any]) -> Group:
     for r in rows:
         status = "[green]ok" if r["status"] == "ok" else "[red]failed"
         projected = "-" if r.get("projected_hours") is None else \
-            f"{r['projected_hours']:.1f} h ({r['planned_iters']:,})"
+            f"{r['projected_hours']:.1f} h ({r['planned_iters'] or 0:,})"
         table.add_row(escape(r["benchmark"]), escape(r["method"]), status, _num(r.get("s_per_iter"), ".3g"),
                       _num(r.get("train_images_per_s"), ".3g"), _bytes(r.get("peak_memory_bytes")),
                       _num(r.get("eval_s_per_image"), ".3g"), projected,
