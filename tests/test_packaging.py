@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.venvkit import clean_env, make_venv
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,13 +30,16 @@ def test_wheel_outside_repo_lists_and_imports_methods(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "udabench/methods/source_only.py" in names
     assert "udabench/results/reported.json" in names or not (REPO / "udabench/results").exists()
+    # A venv that sees the running interpreter's packages (torch...) whether the tests run from a
+    # system Python or from a venv (tests/venvkit.py); the wheel installed into it must win over
+    # the udabench the running interpreter has (often an editable install of this checkout).
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True)
+    py = make_venv(venv)
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
+                    str(wheel)], check=True, capture_output=True, env=clean_env())
     code = ("import udabench, sys; from udabench.registry import METHODS; "
             "print(udabench.__file__); print(' '.join(METHODS.names()))")
-    out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env=clean_env())
     assert str(venv) in out.stdout.splitlines()[0]
     assert "source-only" in out.stdout and "oracle" in out.stdout

@@ -1,0 +1,1 @@
+"""udabench-example-plugin: each module registers one kind of part (see pyproject.toml)."""
