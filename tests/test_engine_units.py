@@ -326,3 +326,28 @@ def test_benchmark_method_defaults_reach_only_methods_with_that_key(tmp_path):
     assert resolve_plan("adversarial", "minicity-gta2cs", *args).method_config["ndf"] == 16
     assert resolve_plan("adversarial", "gta2cs", *args).method_config["ndf"] == 64  # the paper's D
     assert "ndf" not in resolve_plan("source-only", "minicity-gta2cs", *args).method_config
+
+
+def test_adamw_with_linear_warmup_follows_mmcv(tmp_path):
+    """DAFormer's schedule: poly 1.0 over the run times mmcv's linear warm-up (ratio 1e-6)."""
+    class Warm(TwoNets):
+        def optimizers(self):
+            return {"a": OptimizerSpec([{"params": list(self.segmenter.parameters())},
+                                        {"params": list(self.b.parameters()), "weight_decay": 0.0}],
+                                       kind="adamw", lr=0.1, weight_decay=0.01, poly_power=1.0,
+                                       warmup_iters=4, warmup_ratio=1e-6)}
+
+        def training_step(self, source, target, step):
+            out = super().training_step(source, target, step)
+            return StepOutput({"a": out.losses["a"] + out.losses["b"]}, out.logs)
+
+    t = make_trainer(tmp_path, method=Warm(), iters=8)
+    t._source_iter, t._target_iter = iter(t.source), iter(t.target)
+    seen = []
+    for _ in range(6):
+        t.train_step()
+        seen.append(t.optimizers["a"].param_groups[0]["lr"])
+    opt = t.optimizers["a"]
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[1]["weight_decay"] == 0.0
+    expect = [0.1 * (1 - s / 8) * ((1 - (1 - s / 4) * (1 - 1e-6)) if s < 4 else 1.0) for s in range(6)]
+    assert seen == pytest.approx(expect)

@@ -72,12 +72,15 @@ class OptimizerSpec:
     """One optimiser a method asks for. ``param_groups`` carry an optional ``lr_mult``."""
 
     param_groups: list[dict[str, Any]]
-    kind: str = "sgd"  # sgd | adam
+    kind: str = "sgd"  # sgd | adam | adamw
     lr: float = 2.5e-4
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # a param group's own "weight_decay" wins (e.g. 0 on norms)
     poly_power: float = 0.9  # 0 = constant
+    # mmcv's linear warm-up (DAFormer): lr x (1 - (1 - t/W)(1 - ratio)) for t < W, on top of poly
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6
 
 
 @dataclass

@@ -66,7 +66,7 @@ class RunPlan:
         train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in NOT_HASHED}
         payload = {
             "method": self.method, "benchmark": self.benchmark, "spec": self.spec_hash,
-            "train": train, "model": dataclasses.asdict(self.model), "method_config": self.method_config,
+            "train": train, "model": self.model.hash_dict(), "method_config": self.method_config,
         }
         if self.init_from:  # only when used, so runs without it keep the hashes they always had
             payload["init_from"] = self.init_from.get("sha256")

@@ -20,6 +20,7 @@ import torch
 from udabench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from udabench.engine.loggers import Trackers
 from udabench.engine.progress import TrainProgress
+from udabench.methodkit.schedules import lr_factor, poly_factor  # noqa: F401  (poly_factor: tests)
 from udabench.engine.rundir import RunDir, write_json
 from udabench.errors import UserError
 from udabench.method import Method, OptimizerSpec
@@ -72,14 +73,9 @@ def build_optimizer(spec: OptimizerSpec) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     if spec.kind == "adam":
         return torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
-    raise UserError(f"unknown optimiser kind '{spec.kind}'; known: sgd, adam")
-
-
-def poly_factor(step: int, horizon: int, power: float) -> float:
-    """(1 - step/horizon)^power; the horizon may exceed the stop iteration (classic recipes)."""
-    if power == 0:
-        return 1.0
-    return max(0.0, 1.0 - step / max(1, horizon)) ** power
+    if spec.kind == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    raise UserError(f"unknown optimiser kind '{spec.kind}'; known: sgd, adam, adamw")
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -195,7 +191,9 @@ class Trainer:
     def _set_lr(self) -> float:
         lr_main = 0.0
         for name, opt in self.optimizers.items():
-            f = poly_factor(self.step, self.s.decay_iters, self.specs[name].poly_power)
+            spec = self.specs[name]
+            f = lr_factor(self.step, self.s.decay_iters, spec.poly_power, spec.warmup_iters,
+                          spec.warmup_ratio)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * f
             if name == "model" or not lr_main:
