@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -66,8 +68,9 @@ def leaderboard_path(root: Path) -> str:
     return console.file.getvalue()
 
 
-def cli_seconds(args: list[str], pinned: bool, calls: int = 3) -> list[tuple[float, bool]]:
-    """(wall seconds, imported torch?) of calls of one CLI command. ``pinned``: the spec cache's code
+def cli_seconds(args: list[str], pinned: bool, calls: int = 3) -> list[tuple[float, float, bool]]:
+    """(wall seconds, CPU seconds, imported torch?) of calls of one CLI command. CPU time (user +
+    system of the child) is what the call costs when other processes share the machine. ``pinned``: the spec cache's code
     fingerprint is fixed, so that edits other processes make to this checkout meanwhile do not
     invalidate it (an installed udabench does not change under its users)."""
     pin = "import udabench.results.specs as s; s.code_fingerprint = lambda: 'bench'\n" if pinned else ""
@@ -76,10 +79,15 @@ def cli_seconds(args: list[str], pinned: bool, calls: int = 3) -> list[tuple[flo
             "    print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)")
     out = []
     for _ in range(calls):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _child_cpu()
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
-        out.append((time.perf_counter() - t0, "TORCH_IMPORTED" in done.stderr))
+        out.append((time.perf_counter() - t0, _child_cpu() - cpu0, "TORCH_IMPORTED" in done.stderr))
     return out
+
+
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -93,7 +101,8 @@ def main() -> None:
         made = time.perf_counter() - t0
         t0 = time.perf_counter()
         summary = reindex(store_path(root), root)
-        print(f"{n} runs made in {made:.1f} s, indexed ({summary.indexed}) in {time.perf_counter() - t0:.1f} s")
+        print(f"{n} runs made in {made:.1f} s, indexed ({summary.indexed}) in {time.perf_counter() - t0:.1f} s; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpu(s)")
         assert summary.indexed == n and len(view.open_view(root).records) == n
 
         # Alternating rounds, best of each: a busy machine slows both alike.
@@ -118,12 +127,12 @@ def main() -> None:
 
         # The first leaderboard after installing udabench fills the benchmark-spec cache (one torch
         # import): that cold call, then warm calls.
-        ((cold, cold_torch),) = cli_seconds(["leaderboard", "--output-dir", str(root)], pinned=True, calls=1)
-        print(f"udabench leaderboard on {n} runs, first call after an install: {cold:.2f} s"
+        ((cold, cold_cpu, cold_torch),) = cli_seconds(["leaderboard", "--output-dir", str(root)], pinned=True, calls=1)
+        print(f"udabench leaderboard on {n} runs, first call after an install: {cold:.2f} s wall, {cold_cpu:.2f} s CPU"
               + (" (imported torch, fills the cache)" if cold_torch else ""))
         for args in (["leaderboard"], ["runs"], ["leaderboard", "--format", "csv"]):
             calls = cli_seconds([*args, "--output-dir", str(root)], pinned=True)
-            shown = ", ".join(f"{s:.2f} s" + (" (imported torch)" if t else "") for s, t in calls)
+            shown = ", ".join(f"{w:.2f} s wall / {c:.2f} s CPU" + (" (imported torch)" if t else "") for w, c, t in calls)
             print(f"udabench {' '.join(args)} on {n} runs, 3 calls: {shown} (target < 3 s, no torch)")
 
 
