@@ -118,22 +118,19 @@ def status_cmd(spec_file: Path, fmt: str) -> None:
 def cancel_cmd(spec_file: Path) -> None:
     """Stop SPEC's running and queued runs (each writes a checkpoint; the next sweep resumes it)."""
     from udabench.sweep.ledger import Ledger
-    from udabench.sweep.resolve import resolve_runs
     from udabench.sweep.spec import load_spec
-    from udabench.sweep.status import QUEUED, RUNNING, local_alive, pids_of, run_states
+    from udabench.sweep.status import busy_jobs, local_alive
 
     spec = load_spec(spec_file)
     ledger = Ledger(spec.folder())
-    states = run_states(resolve_runs(spec), ledger)
-    busy = [s for s in states if s.state in (QUEUED, RUNNING)]
-    slurm_ids = [s.where for s in busy if (ledger.launch(s.run.id) or {}).get("launcher") == "slurm"]
+    # from the ledger alone (no settings to resolve): a cancel must be quick
+    slurm_ids, groups = busy_jobs([run.id for run in spec.runs()], ledger)
     if slurm_ids:
         from udabench.sweep.slurm import cancel
 
         cancel(slurm_ids, ledger.slurm_folder)
         _say(f"cancelled {len(slurm_ids)} Slurm job(s): {' '.join(slurm_ids)}")
     launcher = ledger.launcher()
-    groups = pids_of(busy, ledger)
     if launcher and local_alive(launcher):
         # the local launcher passes SIGTERM on to its runs and starts no more
         os.kill(int(launcher["pid"]), signal.SIGTERM)

@@ -24,8 +24,46 @@ class Placement:
         return self.rank == 0
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: ``gpu[07-09,12],cpu1`` -> ``gpu07``."""
+    head, depth = "", 0
+    for ch in nodelist.strip():
+        if ch == "," and depth == 0:
+            break
+        depth += (ch == "[") - (ch == "]")
+        head += ch
+    if "[" not in head:
+        return head
+    prefix, _, ranges = head.partition("[")
+    first = ranges.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + first + head[head.index("]") + 1:]
+
+
+def slurm_to_torchrun() -> None:
+    """``srun -n N udabench run ...``: torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT) from Slurm's, unless torchrun (or the user) set them. Only a job
+    step (srun) counts: a batch script's SLURM_NTASKS describes the job, not this process."""
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
+    if "WORLD_SIZE" in os.environ or tasks <= 1 or "SLURM_PROCID" not in os.environ:
+        return
+    local = int(os.environ.get("SLURM_LOCALID", "0"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # srun --gpus-per-task shows each task only its own GPU(s): index them from 0
+    device_index = local % gpus if gpus else local
+    job = int(os.environ.get("SLURM_JOB_ID") or 0)
+    os.environ.update({
+        "WORLD_SIZE": str(tasks), "RANK": os.environ["SLURM_PROCID"], "LOCAL_RANK": str(device_index),
+        "MASTER_ADDR": os.environ.get("MASTER_ADDR") or first_host(
+            os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST") or "127.0.0.1"),
+        # one port per job, so two multi-task jobs sharing a node do not meet
+        "MASTER_PORT": os.environ.get("MASTER_PORT") or str(20000 + job % 20000),
+    })
+
+
 def init_distributed() -> tuple[int, int, int]:
-    """Join the torchrun process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
+    """Join the process group when launched by torchrun, or by srun with several tasks (NCCL on
+    CUDA, gloo on CPU)."""
+    slurm_to_torchrun()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, 0

@@ -83,6 +83,18 @@ def resumable(run_dir: str | Path | None) -> bool:
     return (d / "config.json").is_file() and not (d / "result.json").exists()
 
 
+def finished(run_dir: str | Path | None) -> bool:
+    return bool(run_dir) and (Path(run_dir) / "result.json").is_file()
+
+
+def index_finished(out: str | Path, run_dir: str | Path) -> None:
+    """Make sure the run store lists a finished run (a run killed between writing result.json and
+    indexing itself would otherwise wait for a reindex)."""
+    from udabench.results.store import index_run, store_path
+
+    index_run(store_path(out), run_dir)
+
+
 def child_environment(extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
@@ -162,8 +174,9 @@ class Attempt:
         """Record how the attempt ended: done, interrupted (resumable) or failed."""
         run_dir = self.run_dir()
         where = str(run_dir) if run_dir else None
-        if returncode == 0 and run_dir is not None and (run_dir / "result.json").is_file():
-            return self._record(DONE, run_dir=where, returncode=0, error=None, ended=now())
+        if finished(run_dir):  # even if a signal came after result.json was written
+            index_finished(self.task.out, run_dir)
+            return self._record(DONE, run_dir=where, returncode=returncode, error=None, ended=now())
         error = why or error_line(self.log, returncode)
         if returncode == 0:
             error = "exited without a result.json (see the log)"

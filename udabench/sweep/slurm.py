@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from udabench.errors import UserError
-from udabench.sweep.job import Attempt, RunTask, resumable
+from udabench.sweep.job import Attempt, RunTask, finished, index_finished, resumable
 from udabench.sweep.ledger import DONE, REQUEUED, Ledger, now
 from udabench.sweep.spec import SlurmSection
 
@@ -53,8 +54,9 @@ class SweepJob:
         job_id = _job_id()
         earlier = ledger.job(task.run_id) or {}
         if earlier.get("attempt") == task.attempt:
-            if earlier.get("state") == DONE:  # finished just as the warning signal came
-                return earlier
+            if finished(earlier.get("run_dir")):  # finished just as the warning signal came
+                index_finished(task.out, earlier["run_dir"])
+                return ledger.record_job(task.run_id, DONE, attempt=task.attempt, job_id=job_id)
             if task.resume_dir is None and resumable(earlier.get("run_dir")):
                 # requeued by Slurm itself (preemption, `scontrol requeue`): continue that run
                 task = task.resuming(earlier["run_dir"])
@@ -77,20 +79,23 @@ class SweepJob:
         """Stop the run with a checkpoint; the requeued job resumes it."""
         submitit = _submitit()
         attempt = self._attempt
+        again = SweepJob(self.stop_timeout_s, self.poll_s)  # picklable: no process in it
         if attempt is None:  # the warning came before the run started: start it again
-            return submitit.helpers.DelayedSubmission(self, task)
+            return submitit.helpers.DelayedSubmission(again, task)
         attempt.signal(signal.SIGTERM)
         code = attempt.wait(timeout=self.stop_timeout_s)
         run_dir = attempt.run_dir()
-        if code is not None and run_dir is not None and (run_dir / "result.json").is_file():
-            attempt.finish(code)  # it finished meanwhile; the requeued job only confirms it
-            return submitit.helpers.DelayedSubmission(self, task)
+        if code is not None and finished(run_dir):
+            # It finished meanwhile: record it and end the job here, without a requeue.
+            record = attempt.finish(code)
+            print(f"{now()} udabench sweep: {record['state']} {task.label}: {run_dir}", flush=True)
+            sys.exit(0)
         fields = {"run_dir": str(run_dir) if run_dir else None, "returncode": code,
                   "error": "time limit or preemption: checkpoint written, job requeued"
                   if code == 143 else f"time limit or preemption: run stopped ({code}), job requeued"}
         attempt._record(REQUEUED, **fields)
         following = task.resuming(run_dir) if resumable(run_dir) else task
-        return submitit.helpers.DelayedSubmission(self, following)
+        return submitit.helpers.DelayedSubmission(again, following)
 
 
 def _job_id() -> str | None:

@@ -75,7 +75,7 @@ class SlurmSection(Settings):
     mem_gb: float = setting(0.0, ge=0, doc="memory per job; 0 = the partition's default")
     signal_delay_s: int = setting(120, ge=0, doc="checkpoint signal this long before the time limit")
     stop_timeout_s: int = setting(0, ge=0, doc="wait this long for the checkpoint; 0 = signal_delay_s - 10")
-    max_requeues: int = setting(3, ge=0, doc="requeues after time limits (preemptions are not counted)")
+    max_requeues: int = setting(10, ge=0, doc="requeues after time limits (a long run spans several)")
     array_parallelism: int = setting(0, ge=0, doc="array tasks at once; 0 = --jobs, or no limit")
     job_name: str = setting("", free=True, doc="default: udabench-<sweep name>")
     setup: list[str] = setting(default_factory=list, free=True, doc="shell lines run before the job (module load ...)")

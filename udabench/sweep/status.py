@@ -178,12 +178,20 @@ def counts(states: list[RunState]) -> dict[str, int]:
     return out
 
 
-def pids_of(states: list[RunState], ledger: Ledger) -> list[int]:
-    """Process groups of the runs running locally on this host (for cancel)."""
-    out = []
-    for st in states:
-        job = ledger.job(st.run.id) or {}
-        if st.state == RUNNING and local_alive(job):
-            out.append(int(job.get("pgid") or job["pid"]))
-    return out
-
+def busy_jobs(run_ids: list[str], ledger: Ledger,
+              queue: Callable[[], dict[str, str] | None] = slurm_queue) -> tuple[list[str], list[int]]:
+    """(Slurm job ids still queued or running, local process groups still running) of these
+    runs, from the ledger alone."""
+    slurm_ids, groups, squeue = [], [], None
+    for run_id in run_ids:
+        launch, job = ledger.launch(run_id) or {}, ledger.job(run_id) or {}
+        if launch.get("launcher") == "slurm":
+            job_id = str(launch.get("job_id") or "")
+            if job_id:
+                squeue = queue() if squeue is None else squeue
+                if squeue is not None and job_id in squeue:
+                    slurm_ids.append(job_id)
+        elif job.get("state") == RUNNING and job.get("attempt") == launch.get("attempt") \
+                and local_alive(job):
+            groups.append(int(job.get("pgid") or job["pid"]))
+    return slurm_ids, groups
