@@ -40,7 +40,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("udabench.commands.config_cmd", "config_group",
                "Show the resolved settings of a run before running it."),
     "plot": ("udabench.commands.predict", "plot_cmd",
-             "Charts as PNG: RUN's per-class IoU and training curves, or A vs B per class with deltas."),
+             "Charts (PNG, PDF or SVG): one run's per-class IoU and training curves, or per-class bars of several runs with error bars over seeds."),
     "sweep": ("udabench.commands.sweep", "sweep_group", "Run many runs from a TOML spec (methods x benchmarks x seeds x settings), locally or on Slurm."),
     "selftest": ("udabench.commands.selftest", "selftest_cmd",
                  "Run every method at the real protocols' sizes on generated data, and time it."),

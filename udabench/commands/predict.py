@@ -84,11 +84,11 @@ def _resolve(tokens: tuple[str, ...], benchmark: str | None, output_dir: Path | 
               help="settings file (default ./udabench.toml)")
 def plot_cmd(runs: tuple[str, ...], out: Path | None, size: str | None, overwrite: bool, benchmark: str | None,
              output_dir: Path | None, config_file: Path | None) -> None:
-    """Charts as PNG: RUN's per-class IoU and training curves, or A vs B per class with deltas.
+    """Charts (PNG, PDF or SVG): one run's per-class IoU and training curves, or per-class bars of several runs with error bars over seeds.
 
-    Also PDF or SVG (by the --out suffix), and any number of RUNs: per-class bars of each with
-    error bars over seeds (for two, with A - B per class). A RUN is a run directory, run id, run
-    name, method name or config hash prefix; names that fit several configurations are refused.
+    The format follows the --out suffix. For two RUNs the chart adds A - B per class. A RUN is a
+    run directory, run id, run name, method name or config hash prefix; names that fit several
+    configurations are refused.
     """
     from udabench.results.pictures import chart_format, default_size, render, sides_figure, write_chart
 
