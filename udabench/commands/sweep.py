@@ -99,13 +99,14 @@ def status_cmd(spec_file: Path, fmt: str) -> None:
                               indent=2))
         return
     table = Table(title=f"sweep {spec.path.name}", title_justify="left")
-    for col in ("id", "method", "name", "benchmark", "seed", "settings", "state", "where / error"):
-        table.add_column(col, overflow="fold")
+    for col in ("id", "method", "name", "benchmark", "seed", "grid", "state"):
+        table.add_column(col, no_wrap=col in ("id", "seed", "state"))
+    table.add_column("run directory / where / error", overflow="fold")
     colour = {"done": "green", "failed": "red", "interrupted": "yellow", "running": "cyan",
               "queued": "cyan", "pending": "dim"}
     for s in states:
         run = s.run
-        settings = " ".join(f"{k}={v}" for k, v in run.settings)
+        settings = " ".join(f"{k}={v}" for k, v in run.settings if k in spec.grid)
         detail = s.error if s.state in ("failed", "interrupted") else (s.run_dir if s.state == "done" else s.where)
         table.add_row(run.id, run.method, run.name or "-", run.benchmark, str(run.seed),
                       escape(settings), f"[{colour[s.state]}]{s.state}[/]", escape(detail or ""))

@@ -139,7 +139,7 @@ def _id_range(ids: list[str]) -> str:
     return ids[0] if len(ids) == 1 else f"{ids[0]} .. {ids[-1]}"
 
 
-def wait_for(spec: SweepSpec, say: Callable[[str], None], poll_s: float = 5.0,
+def wait_for(spec: SweepSpec, say: Callable[[str], None], poll_s: float = 2.0,
              timeout_s: float | None = None) -> list[RunState]:
     """Poll until no run of the sweep is queued or running (``sweep --wait``)."""
     ledger = Ledger(spec.folder())
