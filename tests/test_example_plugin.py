@@ -41,7 +41,7 @@ def call(py: Path, *args: str, cwd: Path, ok: bool = True, timeout: int = 600
 def install(py: Path, project: Path) -> None:
     """``pip install`` of a project folder into the venv of ``py``, built from a copy (the build
     leaves build/ and *.egg-info folders where it runs)."""
-    copy = project.parent.parent / f"build-{project.name}-{py.parent.parent.name}"
+    copy = py.parent.parent.parent / f"build-{project.name}"  # next to the venv
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     call(py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
          "--ignore-installed", str(copy), cwd=copy)

@@ -28,6 +28,7 @@ import torch
 
 from tests.helpers import NoTargetLabels
 from udabench.config import TrainConfig
+from udabench.errors import ConfigError
 from udabench.engine.checkpoint import seed_everything
 from udabench.engine.devices import place
 from udabench.engine.plan import resolve_plan
@@ -75,7 +76,12 @@ def make_trainer(method: str, data_root: Path, run_path: Path) -> Trainer:
     reads the labelled target split so that there are labels to poison)."""
     train = TrainConfig(iters=ITERS, batch_size=2, num_workers=0, log_every=1,
                         checkpoint_every=FIRST, device="cpu", amp="off")
-    plan = resolve_plan(method, BENCHMARK, 0, train, {}, {}, TINY, data_root, run_path.parent)
+    try:
+        plan = resolve_plan(method, BENCHMARK, 0, train, {}, {}, TINY, data_root, run_path.parent)
+    except ConfigError as exc:  # `udabench run METHOD -b minicity-gta2cs` would fail the same way
+        pytest.fail(f"{method} refuses its own defaults on {BENCHMARK} ({exc}); every registered "
+                    "method must run on MiniCity as registered: give the benchmark's run defaults "
+                    "a setting for it (RunDefaults.method)")
     bench, cls = plan.bench(), METHODS.get(method)
     seed_everything(plan.seed)
     sets = data_splits(bench, data_root, cls.uses_target_labels)
