@@ -363,7 +363,7 @@ def run_job(job: Job, setup: Setup, log: Log, export: bool = True) -> dict[str, 
         raise
     except Exception as exc:  # one method's failure is reported, the others still run
         row["error"] = one_line(exc)
-        if row["peak_memory_bytes"] is None:
+        if row["peak_memory_bytes"] is None and run_dir is not None:  # a run had started
             row["peak_memory_bytes"] = peak_memory(device)
     finally:
         gc.collect()
