@@ -25,17 +25,18 @@ jittered and blurred, block-masked (blocks of 32 px at 512-px crops, each masked
 row ran DACS inside the DAFormer framework (AdamW, warm-up); that is ``daformer`` with its
 strategies switched off, not this file's SGD recipe.
 
+The method crops both batches itself (``crop_size`` 512x512, uniform offsets; a side no longer
+than the crop is kept whole, so MiniCity's batches pass as they are): ClassMix needs one shape
+for both domains, and a run whose batches still differ stops at its first step in one line.
+
 Departures (docs/methods.md):
-- Crops: DACS trains on 512x512 random crops of both domains; udabench's crops are the
-  benchmark's, and ClassMix needs equal source and target shapes (a run with different shapes
-  stops at its first step, naming ``[benchmarks.<name>] crop_size``).
 - Random numbers come from one generator per step seeded from the run (exact resume); the
   official code mixes numpy, Python and torch global generators.
-- The teacher labels the image in RGB [0, 1] order like the student; DACS jitters Caffe-style BGR
-  images with RGB formulas (hue and saturation act on swapped channels there).
+- DACS jitters Caffe-style BGR images with RGB formulas (hue and saturation act on swapped
+  channels there); udabench jitters RGB.
 - Logits are upsampled with align_corners=False (DACS: True), as everywhere in udabench.
 - Init: DACS starts from the ImageNet+COCO DeepLab file (``model.init = caffe-deeplab:<path>``);
-  the default is ImageNet.
+  the default is ImageNet. The last checkpoint is evaluated (DACS kept the best on val).
 """
 from __future__ import annotations
 

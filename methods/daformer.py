@@ -34,9 +34,12 @@ Needs from the trainer (refused by ``check_plan`` until it has them): learning-r
 (``OptimizerSpec.warmup_iters``), AdamW (``kind = "adamw"``), and, for ``rcs``, the source
 loader's sampling hook (``MethodContext.source_class_counts`` and ``Method.source_sampler``).
 
+The method crops (512x512; source crops re-drawn while one class covers >= 75%) and flips (0.5)
+both batches itself, after the benchmark's resize.
+
 Departures (docs/methods.md):
-- Crops: 512x512 crops (source with cat_max_ratio 0.75) and flip 0.5 belong to the benchmark in
-  udabench; ClassMix needs equal source and target shapes (refused at the first step otherwise).
+- GTA5 is resized to the benchmark's 1280x720 (bicubic); mmseg keeps the aspect (1280x704,
+  bilinear).
 - RCS: a class with source pixels but no image above ``rcs_min_pixels`` is left out (the
   official code stops on an assertion); ``rcs_min_pixels`` is in full-resolution pixels.
 - FD: when the feature grid does not divide the label (DeepLabV2's ceil-mode 65x65 at 512) the

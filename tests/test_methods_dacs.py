@@ -134,15 +134,18 @@ def test_blur_of_an_impulse_is_the_normalised_gaussian():
 
 
 def test_jitter_and_blur_are_drawn_with_the_published_probabilities():
-    img = torch.rand(2, 3, 12, 12, generator=gen(0))
+    img = torch.rand(1, 3, 24, 24, generator=gen(0))  # blur kernel 3 (at 12 it would be 1)
     kw = dict(jitter_strength=0.25, jitter_threshold=0.2)
     changed = [not torch.equal(strong_augment(img, gen(s), blur=False, **kw), img) for s in range(300)]
     assert 0.72 < sum(changed) / 300 < 0.88  # jitter when U > 0.2
     only_blur = dict(jitter_strength=0.25, jitter_threshold=1.0)
     blurred = [not torch.equal(strong_augment(img, gen(s), **only_blur), img) for s in range(300)]
     assert 0.4 < sum(blurred) / 300 < 0.6  # blur when U > 0.5
-    # same generator, same result; per image each mixed image gets its own sigma and order
-    assert torch.equal(strong_augment(img, gen(5), **kw), strong_augment(img, gen(5), **kw))
+    # same generator, same result; per image, each image gets its own jitter order and sigma
+    two = torch.cat([img, img])
+    assert torch.equal(strong_augment(two, gen(5), **kw), strong_augment(two, gen(5), **kw))
+    assert any(not torch.equal(*strong_augment(two, gen(s), **kw).unbind(0)) for s in range(5))
+    assert torch.equal(*strong_augment(two, gen(1), jitter_strength=0.0, per_image=False).unbind(0))
 
 
 # -- EMA teacher --------------------------------------------------------------------------------
@@ -265,3 +268,40 @@ def test_state_dict_round_trip(tmp_path):
 def test_resume_is_exact(tmp_path, mic):
     assert_resume_is_exact(tmp_path, lambda ctx: DACS(tiny_segmenter(), DACSConfig(
         lr=1e-2, mic=mic, crop_size=(16, 32), flip_p=0.5), ctx))
+
+
+# -- docs/methods.md's machine-readable rows of the new methods ----------------------------------
+def published_rows(prefixes=("dacs", "daformer")):
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    table = text.split("## Published defaults (machine-readable)")[1].split("\n## ")[0]
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith(prefixes):
+            continue
+        m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?(?:@([\w-]+))?", cells[0])
+        variant = tomllib.loads(m.group(2)) if m.group(2) else {}
+        yield m.group(1), variant, m.group(3), cells[1], tomllib.loads(f"v = {cells[2]}")["v"]
+
+
+def test_published_defaults_table_matches_the_code():
+    from udabench.models import SegmenterConfig
+    from udabench.registry import BENCHMARKS
+
+    rows = list(published_rows())
+    assert len(rows) > 50
+    for name, variant, bench, key, value in rows:
+        cls = METHODS.get(name)
+        cfg = cls.Config(**variant)
+        if key.startswith("methods."):
+            got = getattr(cfg, key.split(".")[-1])
+            got = list(got) if isinstance(got, tuple) else got
+        elif key.startswith("model."):
+            model = {**vars(SegmenterConfig()), **cls.model_defaults(cfg)}
+            got = model[key.split(".", 1)[1]]
+        else:
+            got = cls.published_schedule(cfg, BENCHMARKS.get(bench))[key.split(".", 1)[1]]
+        assert got == value, f"{name} {key}: docs {value!r}, code {got!r}"
