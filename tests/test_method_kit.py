@@ -62,3 +62,35 @@ def test_segment_scales_uint8_once_and_cross_entropy_is_zero_without_labels():
     assert abs(cross_entropy(out["out"], label).item() - float(torch.log(torch.tensor(2.0)))) < 1e-6
     loss, logs, _ = supervised_loss(m, {"image": images, "label": label}, aux_weight=0.1)
     assert set(logs) == {"ce"}  # no aux head, no aux term
+
+
+def test_registration_names_the_config_table():
+    from dataclasses import dataclass
+
+    import pytest
+
+    from udabench.method import OptimConfig, register_method
+    from udabench.registry import METHODS
+
+    @dataclass
+    class PlainConfig(OptimConfig):
+        pass
+
+    class Plain(Method):
+        Config = PlainConfig
+
+    try:
+        register_method("kit-test-plain")(Plain)
+        assert PlainConfig.WHERE == "methods.kit-test-plain"  # set from the registered name
+
+        @dataclass
+        class Wrong(OptimConfig):
+            WHERE = "methods.something-else"
+
+        class Other(Method):
+            Config = Wrong
+
+        with pytest.raises(ValueError, match="WHERE is 'methods.something-else'"):
+            register_method("kit-test-other")(Other)
+    finally:
+        METHODS._entries.pop("kit-test-plain", None)

@@ -13,17 +13,19 @@ import json
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udabench.data import layouts
-from udabench.data.datasets import SegmentationDataset, build_dataset
-from udabench.data.transforms import ResizeImage, TrainTransform
 from udabench.config import coerce
 from udabench.errors import ConfigError, DataError
 from udabench.minicity.params import MiniCityParams
 from udabench.registry import did_you_mean, register_benchmark
 from udabench.settings import Allowed, check_settings, setting
 from udabench.taxonomy import SUBSETS
+
+if TYPE_CHECKING:
+    from udabench.data.datasets import SegmentationDataset
+    from udabench.data.transforms import ResizeImage, TrainTransform
 
 
 def protocol_fields() -> list[dataclasses.Field]:
@@ -204,19 +206,26 @@ class Benchmark:
                             + "; ".join(parts))
         return src, tgt
 
-    def train_transform(self, size: Size) -> TrainTransform:
+    def train_transform(self, size: Size) -> "TrainTransform":
+        from udabench.data.transforms import TrainTransform
+
         return TrainTransform(size=_hw(size), scale_range=self.scale_range,
                               crop=_hw(self.crop_size) if self.crop_size else None,
                               flip_p=self.flip_p, interpolation=self.interpolation)
 
-    def eval_transform(self) -> ResizeImage:
+    def eval_transform(self) -> "ResizeImage":
+        from udabench.data.transforms import ResizeImage
+
         return ResizeImage(_hw(self.eval_input_size), self.interpolation)
 
     def datasets(self, data_root: Path, console: Any = None
-                 ) -> tuple[SegmentationDataset, SegmentationDataset, SegmentationDataset]:
+                 ) -> tuple["SegmentationDataset", "SegmentationDataset", "SegmentationDataset"]:
         """(source train, target train WITHOUT labels, target val with full-resolution labels)."""
+        from udabench.data.datasets import build_dataset
+
         src, tgt = self.roots(data_root, console)
-        source = build_dataset(self.source_kind, src, "train",
+        # The source is labelled whatever the dataset (a Cityscapes source serves its labels).
+        source = build_dataset(self.source_kind, src, "train", with_labels=True,
                                transform=self.train_transform(self.source_train_size),
                                cache_size=self.source_train_size)
         target = build_dataset(self.target_kind, tgt, "train", with_labels=False,
@@ -226,16 +235,22 @@ class Benchmark:
                             transform=self.eval_transform())
         return source, target, val
 
-    def target_train_labelled(self, data_root: Path, console: Any = None) -> SegmentationDataset:
+    def target_train_labelled(self, data_root: Path, console: Any = None) -> "SegmentationDataset":
         """The labelled target train split: for the oracle method ONLY (breaks the firewall)."""
+        from udabench.data.datasets import build_dataset
+
         _, tgt = self.roots(data_root, console)
         return build_dataset(self.target_kind, tgt, "train", with_labels=True,
                              transform=self.train_transform(self.target_train_size),
                              cache_size=self.target_train_size)
 
 
-def _register(bench: Benchmark) -> Benchmark:
+def register(bench: Benchmark) -> Benchmark:
+    """Register a benchmark spec under its name (a plug-in's benchmarks use this too)."""
     return register_benchmark(bench.name, bench.description)(bench)
+
+
+_register = register
 
 
 # The classic DeepLabV2 recipe: batch 1 + 1, poly decay over 250k iterations, stop at 120k

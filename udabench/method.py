@@ -47,10 +47,10 @@ from udabench.methodkit.rcs import RareClassSampler, rcs_class_probs  # noqa: F4
 from udabench.methodkit.schedules import lr_factor, warmup_factor  # noqa: F401
 from udabench.methodkit.network import missing_network  # noqa: F401
 from udabench.methodkit.dacs_family import ClassMixTeacher  # noqa: F401
-from udabench.data.datasets import sample_seed as hash_seed  # noqa: F401  (stable seeds from parts)
+from udabench.seeding import sample_seed as hash_seed  # noqa: F401  (stable seeds from parts)
 from udabench.methodkit.weights import load_segmenter_weights  # noqa: F401
 from udabench.models.discriminator import Discriminator  # noqa: F401
-from udabench.registry import register_method  # noqa: F401
+from udabench.registry import register_method as _register_method
 from udabench.settings import Allowed, Settings, setting  # noqa: F401
 
 
@@ -204,3 +204,20 @@ class Method(nn.Module):
         parts = [f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)]
         return ", ".join(parts)
 
+
+
+def register_method(name: str, description: str | None = None):
+    """``@register_method("name")``: register a Method class; its Config's ``WHERE`` (the key
+    prefix of error messages) becomes ``methods.<name>`` unless the config sets it (then it must
+    agree, or the messages would name the wrong table)."""
+    def decorator(cls: type) -> type:
+        config, where = getattr(cls, "Config", None), f"methods.{name}"
+        if config is not None and config is not OptimConfig:
+            own = config.__dict__.get("WHERE")
+            if own is None:
+                config.WHERE = where
+            elif own != where:
+                raise ValueError(f"method '{name}': {config.__name__}.WHERE is '{own}', expected '{where}'")
+        return _register_method(name, description)(cls)
+
+    return decorator

@@ -7,7 +7,6 @@ augmentation randomness depends on (run seed, domain, epoch, position) and not o
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -23,6 +22,7 @@ from udabench.data.registry import get_dataset
 from udabench.data.spec import DatasetSpec, LabelEncodingError, LabelRangeError  # noqa: F401
 from udabench.data.transforms import resize_label
 from udabench.errors import DataError
+from udabench.seeding import sample_seed  # noqa: F401  (re-exported)
 
 Transform = Callable[[dict[str, Any], torch.Generator], dict[str, Any]]
 
@@ -40,12 +40,6 @@ def raw_label_ids(kind: str | DatasetSpec, raw: torch.Tensor, path: Path) -> tor
 def decode_label(kind: str | DatasetSpec, path: Path, strict: bool = False) -> torch.Tensor:
     """Read a label file of ``kind`` and map it to uint8 trainIds [H, W] (255 = ignore)."""
     return get_dataset(kind).decode_label(path, strict)
-
-
-def sample_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class SegmentationDataset(torch.utils.data.Dataset):

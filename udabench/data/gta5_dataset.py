@@ -3,14 +3,16 @@ palette indices are Cityscapes labelIds."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from udabench import taxonomy
-from udabench.data.pngio import read_palette
 from udabench.data.registry import register_dataset
 from udabench.data.spec import DatasetSpec, FilePattern
+
+if TYPE_CHECKING:
+    import torch
 
 # The official colours of the 19 classes by labelId: all different, so a palette entry drawn in
 # one of them names the class its index should have been.
@@ -39,6 +41,7 @@ class GTA5(DatasetSpec):
     def label_warnings(self, raw: torch.Tensor, ids: torch.Tensor, path: Path) -> list[str]:
         """A palette that draws an index in another class's official colour: the indices were
         renumbered (an image editor re-indexing the palette), so they are not labelIds."""
+        from udabench.data.pngio import read_palette
         palette = read_palette(path)
         if palette is None:
             return []

@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from udabench.data.pngio import atomic_write_bytes
+from udabench.fileio import atomic_write_bytes
 from udabench.errors import DataError
 
 MANIFEST_VERSION = 2  # 2: per-file size/mtime (and sha256), unusable entries

@@ -14,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
-from udabench.data.pngio import PngInfo, read_png
+if TYPE_CHECKING:  # torch loads only when a label is decoded (listing commands stay light)
+    import torch
+
+    from udabench.data.pngio import PngInfo
 from udabench.errors import DataError
 from udabench.taxonomy import IGNORE, NUM_CLASSES
 
@@ -182,6 +184,7 @@ class DatasetSpec:
         Raises LabelEncodingError on the wrong encoding and, for ``unknown_ids = "error"``,
         LabelRangeError on values outside 0..max_label_value (255 is ignore).
         """
+        import torch
         channels, dtype = raw.shape[0], raw.dtype
         depth = 16 if dtype == torch.uint16 else 8
         if channels != self.label_channels or depth != self.label_bit_depth:
@@ -206,12 +209,14 @@ class DatasetSpec:
 
     def map_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Raw ids -> uint8 trainIds; numpy's take is several times faster than torch indexing."""
+        import torch
         if ids.device.type != "cpu":
             return torch.from_numpy(self.lut.copy()).to(ids.device)[ids.long()]
         return torch.from_numpy(np.take(self.lut, ids.numpy()))
 
     def decode_label(self, path: Path, strict: bool = False) -> torch.Tensor:
         """A label file as uint8 trainIds [H, W] (255 = ignore)."""
+        from udabench.data.pngio import read_png
         return self.map_ids(self.label_ids(read_png(path, strict=strict), path))
 
     def label_warnings(self, raw: torch.Tensor, ids: torch.Tensor, path: Path) -> list[str]:

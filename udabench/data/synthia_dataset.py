@@ -3,13 +3,16 @@ class id in the red channel (the green one holds instance ids)."""
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from udabench import taxonomy
-from udabench.data.pngio import PngInfo
 from udabench.data.registry import register_dataset
 from udabench.data.spec import DatasetSpec, FilePattern
+
+if TYPE_CHECKING:
+    import torch
+
+    from udabench.data.pngio import PngInfo
 
 # A label is suspicious when most of its pixels hold ids outside the table (0..22).
 UNKNOWN_SHARE_WARNING = 0.5
@@ -48,6 +51,7 @@ class SYNTHIA(DatasetSpec):
                 f"ids; re-extract the original files")
 
     def label_warnings(self, raw: torch.Tensor, ids: torch.Tensor, path: Path) -> list[str]:
+        import torch
         out = []
         known = self.map_ids(ids) != taxonomy.IGNORE
         if not bool(known.any()):  # red holds no class: are the ids in another channel?

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from udabench.data.datasets import sample_seed
+from udabench.seeding import sample_seed
 from udabench.errors import UserError
 from udabench.methodkit.crops import crop_images, crop_source, random_flip
 from udabench.methodkit.masking import block_size, input_mean, masked_consistency_loss
