@@ -56,20 +56,25 @@ JITTER_OPS = ("published", "torchvision")
 class DACSConfig(OptimConfig):
     WHERE: ClassVar[str] = "methods.dacs"
 
-    crop: bool = setting(True, free=True, doc="random crops of both batches (sides longer than crop_size)")
+    crop: bool = setting(True, free=True,
+                         doc="random crops of both batches (sides longer than crop_size)")
     crop_size: tuple[int, int] = setting((512, 512), min_len=2, max_len=2, item=Allowed(ge=1),
                                          doc="[height, width] of the training crops")
     crop_cat_max_ratio: float = setting(1.0, gt=0, le=1, doc="source crops re-drawn while one class "
                                                               "covers >= this share; 1 = off")
     flip_p: float = setting(0.0, ge=0, le=1, doc="left-right flip of each image of both batches")
-    ema_momentum: float = setting(0.99, ge=0, le=1, doc="teacher alpha, warmed up as min(1 - 1/(t+1), alpha)")
-    threshold: float = setting(0.968, ge=0, le=1, doc="confidence (>=) a target pixel needs to count in the weight")
+    ema_momentum: float = setting(0.99, ge=0, le=1,
+                                  doc="teacher alpha, warmed up as min(1 - 1/(t+1), alpha)")
+    threshold: float = setting(0.968, ge=0, le=1,
+                               doc="confidence (>=) a target pixel needs to count in the weight")
     mix_weight: float = setting(1.0, ge=0, doc="weight of the mixed-image loss (consistency_weight)")
     mix_classes: Literal["image", "batch"] = setting(
         "image", choices=("image", "batch"),
         doc="ClassMix draws from each source image's classes (DACS) or the batch's (DAFormer)")
-    jitter_strength: float = setting(0.25, ge=0, le=1, doc="ColorJitter brightness/contrast/saturation/hue")
-    jitter_threshold: float = setting(0.2, ge=0, le=1, doc="jitter applied when U(0,1) exceeds it (p 0.8)")
+    jitter_strength: float = setting(0.25, ge=0, le=1,
+                                     doc="ColorJitter brightness/contrast/saturation/hue")
+    jitter_threshold: float = setting(0.2, ge=0, le=1,
+                                      doc="jitter applied when U(0,1) exceeds it (p 0.8)")
     jitter_ops: Literal["published", "torchvision"] = setting(
         "published", choices=JITTER_OPS, doc="published: kornia 0.5's ops; torchvision: PIL-style")
     blur: bool = setting(True, free=True, doc="Gaussian blur of mixed images (when U(0,1) > 0.5)")

@@ -125,7 +125,8 @@ class DAFormerConfig(OptimConfig):
     reference_height: int = setting(512, ge=1, doc="crop height the pixel sizes are published for")
 
 
-@register_method("daformer", description="DAFormer: MiT-B5 + fusion head, RCS, ImageNet FD, warm-up (CVPR 2022)")
+@register_method("daformer",
+                 description="DAFormer: MiT-B5 + fusion head, RCS, ImageNet FD, warm-up (CVPR 2022)")
 class DAFormer(ClassMixTeacher, Method):
     """DAFormer (CVPR 2022; 68.3 mIoU19 / 60.9 mIoU16 published, MiT-B5 + DAFormer head)."""
 

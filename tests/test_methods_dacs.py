@@ -215,7 +215,8 @@ def test_defaults_and_registration():
     c = DACSConfig()
     assert (c.lr, c.momentum, c.weight_decay, c.poly_power) == (2.5e-4, 0.9, 5e-4, 0.9)
     assert (c.ema_momentum, c.threshold, c.jitter_strength, c.jitter_threshold) == (0.99, 0.968, 0.25, 0.2)
-    assert (c.mix_classes, c.teacher_mode, c.crop_size, c.flip_p, c.mic) == ("image", "train", (512, 512), 0.0, False)
+    assert (c.mix_classes, c.teacher_mode, c.crop_size, c.flip_p, c.mic) == \
+        ("image", "train", (512, 512), 0.0, False)
     assert METHODS.get("dacs") is DACS and DACS.model_defaults(c) == {"aspp_branches": 2}
 
 

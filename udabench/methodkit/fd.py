@@ -67,7 +67,7 @@ class FrozenEncoder(nn.Module):
             p.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "FrozenEncoder":
+    def train(self, mode: bool = True) -> FrozenEncoder:
         return super().train(False)  # never leaves eval mode (the official imnet_model.eval())
 
     @torch.no_grad()

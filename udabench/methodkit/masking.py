@@ -27,7 +27,7 @@ def block_mask(batch: int, height: int, width: int, block: int, ratio: float,
 def block_size(block_at_reference: int, height: int, reference_height: int) -> int:
     """MIC's rule "half the patch size at half resolution": a block published for
     ``reference_height``-pixel crops, at another training height (at least 1 pixel)."""
-    return max(1, int(round(block_at_reference * height / reference_height)))
+    return max(1, round(block_at_reference * height / reference_height))
 
 
 def input_mean(segmenter: nn.Module) -> torch.Tensor | None:

@@ -54,7 +54,7 @@ def border_rows(rows_at_reference: int, height: int, reference_height: int) -> i
     """A row count published for ``reference_height``-pixel crops, at another height (rounded)."""
     if rows_at_reference <= 0:
         return 0
-    return min(height, int(round(rows_at_reference * height / reference_height)))
+    return min(height, round(rows_at_reference * height / reference_height))
 
 
 def pseudo_weight_map(fraction: torch.Tensor, shape: tuple[int, int, int], top: int = 0,

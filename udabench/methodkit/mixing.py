@@ -140,7 +140,7 @@ def color_jitter(images: torch.Tensor, params: dict[str, torch.Tensor],
 def blur_kernel_size(side: int) -> int:
     """DACS: int(floor(ceil(0.1 n) - 0.5 + ceil(0.1 n) % 2)), the odd size nearest 10% of n."""
     c = math.ceil(0.1 * side)
-    return int(math.floor(c - 0.5 + c % 2))
+    return math.floor(c - 0.5 + c % 2)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
