@@ -3,7 +3,9 @@ packages (slurm-wlm, munge), configured on this host in a private folder with fr
 
 ``start_cluster(folder)`` returns a running :class:`SlurmCluster` or raises
 :class:`ClusterUnavailable` with the one-line reason (the fixture skips the tests with it).
-``SlurmCluster.env`` is what a client (sbatch, squeue, submitit) needs: ``SLURM_CONF``.
+``SlurmCluster.env`` is what a client (sbatch, squeue, submitit) needs: ``SLURM_CONF``. The
+session fixture ``slurm_cluster`` starts one for the tests that import it and stops it (and every
+job it still runs) at the end.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "srun")
 
@@ -51,12 +55,14 @@ class SlurmCluster:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        """Stop the daemons (slurmd, slurmctld, munged) and every job they still run."""
-        if shutil.which("scancel"):
-            try:
-                self.run("scancel", "--full", "--user", "root", timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        """Cancel every job (waiting for its processes to end), then stop the daemons."""
+        try:
+            self.run("scancel", "--user", "root", timeout=10)
+            end = time.monotonic() + self.kill_wait + 10
+            while self.queue() and time.monotonic() < end:
+                time.sleep(0.5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
         for pid_file in reversed(self.pid_files):
             _stop_pid(pid_file)
 
@@ -196,3 +202,18 @@ def start_cluster(root: Path, cpus: int = 2, kill_wait: int = 30, timeout_s: flo
 
 def _sbin(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running one-node cluster, or the tests skip with the one-line reason it cannot run."""
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no local Slurm cluster: {exc}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"no local Slurm cluster: {type(exc).__name__}: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
