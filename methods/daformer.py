@@ -30,9 +30,9 @@ strategies" is ``--set model.backbone=resnet101 --set model.head=aspp --set mode
 jittered, blurred and block-masked (32-px blocks at 512-px crops, ratio 0.7) against the same
 pseudo-labels and weight, weight 1 (MIC Table 1's "DAFormer + MIC").
 
-Needs from the trainer (refused by ``check_plan`` until it has them): learning-rate warm-up
-(``OptimizerSpec.warmup_iters``), AdamW (``kind = "adamw"``), and, for ``rcs``, the source
-loader's sampling hook (``MethodContext.source_class_counts`` and ``Method.source_sampler``).
+The trainer gives AdamW and the warm-up (``OptimizerSpec.kind/warmup_iters``); ``rcs`` needs the
+source loader to draw ``source_sampler()`` (``MethodContext.source_class_counts``), refused by
+``check_plan`` in a udabench without it.
 
 The method crops (512x512; source crops re-drawn while one class covers >= 75%) and flips (0.5)
 both batches itself, after the benchmark's resize.
