@@ -130,7 +130,8 @@ class Attempt:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, block)
             out.close()
         self._record(RUNNING, pid=self.proc.pid, pgid=os.getpgid(self.proc.pid),
-                     started=now(), run_dir=task.resume_dir, returncode=None, error=None)
+                     started=now(), started_ts=self.started, run_dir=task.resume_dir,
+                     returncode=None, error=None)
 
     def _record(self, state: str, **fields: Any) -> dict[str, Any]:
         extra = {"job_id": self.job_id} if self.job_id else {}

@@ -135,7 +135,8 @@ def run_states(resolved: list[Resolved], ledger: Ledger,
         if state == DONE:  # reported done, but that result is gone or for other settings
             state, error = PENDING, None
         if run_dir is None and state in (INTERRUPTED, FAILED, RUNNING):
-            found = find_run_dir(_task_like(res, job), _timestamp(job.get("started")))
+            found = find_run_dir(_task_like(res, job),
+                                 float(job.get("started_ts") or _timestamp(job.get("started"))))
             run_dir = str(found) if found else None
         states.append(RunState(res, state, run_dir, error, attempt, where))
     return states
