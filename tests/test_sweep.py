@@ -322,3 +322,50 @@ def test_sweep_is_listed_with_its_subcommands():
     assert r.exit_code == 0 and all(w in r.output for w in ("launch", "status", "cancel"))
     r = CliRunner().invoke(main, ["sweep", "missing.toml"])
     assert r.exit_code == 2 and "sweep file missing.toml does not exist" in r.output
+
+
+def test_one_launcher_at_a_time_and_no_slurm_is_one_line(tmp_path, monkeypatch):
+    spec = write(tmp_path)
+    held = Ledger(load_spec(spec).folder()).lock()
+    try:
+        r = CliRunner().invoke(main, ["sweep", str(spec)])
+    finally:
+        held.close()
+    assert r.exit_code == 2 and "another `udabench sweep` is launching this sweep (pid" in r.output, r.output
+    assert not list((tmp_path / "sweep.sweep" / "ledger").glob("*.json"))  # nothing launched
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, srun, ... here
+    r = CliRunner().invoke(main, ["sweep", str(spec), "--launcher", "slurm"])
+    assert r.exit_code == 2 and "no Slurm here (sbatch, srun, squeue, scancel not found)" in r.output, r.output
+
+
+def test_srun_variables_become_torchrun_variables(monkeypatch):
+    """`srun -n 4 udabench run`: a job step's Slurm variables give rank, size and rendezvous; a
+    batch script's (no step) and torchrun's own variables are left alone."""
+    from udabench.engine.devices import first_host, slurm_to_torchrun
+
+    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS",
+             "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # a batch script: the job's tasks, not this process's
+    slurm_to_torchrun()
+    assert "WORLD_SIZE" not in os.environ
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu[07-08],cpu1")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    slurm_to_torchrun()
+    got = {k: os.environ[k] for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}
+    assert got == {"WORLD_SIZE": "4", "RANK": "3", "MASTER_ADDR": "gpu07", "MASTER_PORT": "23456"}
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # the task's local id; with GPUs, an index among those the task sees (srun may show it one)
+    assert os.environ["LOCAL_RANK"] == str(1 % gpus if gpus else 1)
+    monkeypatch.setenv("WORLD_SIZE", "8")  # torchrun inside the step: its variables win
+    monkeypatch.setenv("RANK", "5")
+    slurm_to_torchrun()
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"]) == ("8", "5")
+    assert [first_host(x) for x in ("n1", "a[009-011]", "x[2,5]-ib,y", "p,q")] == ["n1", "a009", "x2-ib", "p"]

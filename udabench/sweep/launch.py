@@ -93,10 +93,12 @@ def run_sweep(spec: SweepSpec, launcher: str, jobs: int | None, dry_run: bool, r
 
         slots = local_slots(spec.local, jobs, visible_gpus(), cpu_cores())
     elif launcher == "slurm" and todo:
-        from udabench.sweep.slurm import _submitit, sbatch_parameters
+        from udabench.sweep.slurm import _submitit, check_slurm, sbatch_parameters
 
         _submitit()
-        sbatch_parameters(spec.slurm, jobs, spec.title, spec.slurm.gpus_per_job)
+        if not dry_run:
+            check_slurm()
+        sbatch_parameters(spec.slurm, jobs, spec.title)
     say(f"sweep {spec.path.name}: {summary_line(steps)}; folder {ledger.folder}")
     for step in steps:
         if step.action == SKIP and step.state.state == FAILED:
@@ -112,17 +114,26 @@ def run_sweep(spec: SweepSpec, launcher: str, jobs: int | None, dry_run: bool, r
         return steps, []
     if not tasks:
         return steps, []
-    ledger.create()
     by_id = {r.run.id: r for r in resolved}
-    if launcher == "local":
-        from udabench.sweep.local import run_local
+    lock = ledger.lock()
+    try:
+        # decided again under the lock: another sweep may have launched some of them meanwhile
+        again = {s.state.run.id: (s.action, s.state.resume_dir())
+                 for s in decide(run_states(resolved, ledger), retry_failed)}
+        if any(again[s.state.run.id] != (s.action, s.state.resume_dir()) for s in todo):
+            raise UserError("runs of this sweep were launched while it was being planned (another "
+                            "`udabench sweep` of this file?); run it again")
+        if launcher == "local":
+            from udabench.sweep.local import run_local
 
-        return steps, run_local(tasks, slots, ledger, launch_fields(by_id), say)
-    from udabench.sweep.slurm import submit
+            return steps, run_local(tasks, slots, ledger, launch_fields(by_id), say)
+        from udabench.sweep.slurm import submit
 
-    fields = launch_fields(by_id)
-    ids = submit(tasks, spec.slurm, ledger, jobs, spec.title,
-                 lambda t: {k: v for k, v in fields(t).items() if k not in ("launcher", "job_id")})
+        fields = launch_fields(by_id)
+        ids = submit(tasks, spec.slurm, ledger, jobs, spec.title,
+                     lambda t: {k: v for k, v in fields(t).items() if k not in ("launcher", "job_id")})
+    finally:
+        lock.close()
     say(f"submitted {len(ids)} Slurm job(s): {_id_range(ids)}; logs in {ledger.slurm_folder}; "
         f"`udabench sweep status {spec.path}` follows them")
     return steps, []

@@ -107,6 +107,34 @@ class Ledger:
         self._write(self._file(run_id, "job"), record)
         return record
 
+    def lock(self) -> Any:
+        """Held while one `udabench sweep` launches (and, locally, watches) this sweep's runs:
+        two at once would both start the same pending runs."""
+        import fcntl
+        import os
+
+        self.create()
+        handle = open(self.folder / "ledger" / "launch.lock", "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"another `udabench sweep` is launching this sweep ({holder}); wait for "
+                            f"it, or stop it with `udabench sweep cancel`") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        return handle
+
+    def restore_launch(self, run_id: str, record: dict[str, Any] | None) -> None:
+        """Put back a launch record as it was (a submission that did not happen)."""
+        if record is None:
+            self._file(run_id, "launch").unlink(missing_ok=True)
+        else:
+            self._write(self._file(run_id, "launch"), record)
+
     def record_launcher(self, **fields: Any) -> None:
         self._write(self.launcher_file, {"host": socket.gethostname(), "started": now(), **fields})
 

@@ -132,7 +132,8 @@ def run_local(tasks: list[RunTask], slots: list[Slot], ledger: Ledger,
         for attempt in running.values():  # never leave runs behind unwatched
             attempt.signal(signal.SIGTERM, group=True)
         for attempt in running.values():
-            attempt.finish(attempt.wait(timeout=60) or -signal.SIGTERM, "the sweep process failed")
+            code = attempt.wait(timeout=60)
+            attempt.finish(-signal.SIGKILL if code is None else code, "the sweep process failed")
         raise
     finally:
         for sig, handler in previous.items():

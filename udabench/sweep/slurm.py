@@ -98,6 +98,15 @@ class SweepJob:
         return submitit.helpers.DelayedSubmission(again, following)
 
 
+def check_slurm() -> None:
+    import shutil
+
+    missing = [c for c in ("sbatch", "srun", "squeue", "scancel") if shutil.which(c) is None]
+    if missing:
+        raise UserError(f"no Slurm here ({', '.join(missing)} not found); run the sweep on a "
+                        "Slurm login node, or use --launcher local")
+
+
 def _job_id() -> str | None:
     array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array and index:
@@ -109,13 +118,15 @@ def submit(tasks: list[RunTask], settings: SlurmSection, ledger: Ledger, jobs: i
            name: str, launch_fields: Callable[[RunTask], dict[str, Any]]) -> list[str]:
     """Submit the tasks as one job array; record each task's job id; return the job ids."""
     submitit = _submitit()
+    check_slurm()
     executor = submitit.SlurmExecutor(folder=ledger.slurm_folder / "%j",
                                       max_num_timeout=settings.max_requeues)
-    executor.update_parameters(**sbatch_parameters(settings, jobs, name, max(t.nproc for t in tasks)))
+    executor.update_parameters(**sbatch_parameters(settings, jobs, name))
     stop_timeout = settings.stop_timeout_s or max(10, settings.signal_delay_s - 10)
     job = SweepJob(stop_timeout)
     # the ledger knows the attempt before the job can start (the job reads it)
     numbered = []
+    before = {task.run_id: ledger.launch(task.run_id) for task in tasks}
     for task in tasks:
         record = ledger.record_launch(task.run_id, **launch_fields(task), launcher="slurm",
                                       job_id=None)
@@ -123,11 +134,14 @@ def submit(tasks: list[RunTask], settings: SlurmSection, ledger: Ledger, jobs: i
     try:
         submitted = executor.map_array(job, numbered)
     except Exception as exc:  # sbatch refused (bad partition/account, ...): one line
+        for run_id, record in before.items():  # nothing was submitted: nothing was launched
+            ledger.restore_launch(run_id, record)
         detail = str(exc).strip().splitlines()
         raise UserError(f"sbatch refused the job array: {detail[-1] if detail else exc}") from None
     ids = []
+    when = time.time()
     for task, sj in zip(numbered, submitted):
-        ledger.update_launch(task.run_id, job_id=sj.job_id)
+        ledger.update_launch(task.run_id, job_id=sj.job_id, submitted_ts=when)
         ids.append(sj.job_id)
     return ids
 
@@ -138,7 +152,7 @@ def _with_attempt(task: RunTask, attempt: int) -> RunTask:
     return replace(task, attempt=attempt)
 
 
-def sbatch_parameters(settings: SlurmSection, jobs: int | None, name: str, nproc: int) -> dict[str, Any]:
+def sbatch_parameters(settings: SlurmSection, jobs: int | None, name: str) -> dict[str, Any]:
     """submitit's SlurmExecutor parameters from the [slurm] table."""
     params: dict[str, Any] = {
         "time": settings.minutes(),
