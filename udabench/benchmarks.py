@@ -59,9 +59,20 @@ class RunDefaults:
     # True on the real protocols: a method's published schedule (iterations, decay horizon,
     # batch) replaces these defaults. False on MiniCity, whose budget is the same for every method.
     published_schedules: bool = True
+    # Every learning rate of a method's recipe (``lr``, ``d_lr``) times this factor: a short
+    # budget needs larger steps, and one factor for all keeps the recipes' relative rates
+    # (backbone vs head, generator vs discriminator, SGD vs AdamW recipes).
+    lr_scale: float = 1.0
+    # A recipe's full-size network -> the settings of its small stand-in here (MiniCity runs a
+    # DAFormer recipe on mit-tiny, as it runs DeepLabV2 recipes on resnet-tiny).
+    scaled_networks: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     def model_settings(self) -> dict[str, Any]:
         return dict(self.model)
+
+    def scaled_network(self, backbone: str) -> dict[str, Any]:
+        """The stand-in settings for a recipe's ``backbone`` ({} when it runs as it is)."""
+        return dict(dict(self.scaled_networks).get(backbone.partition(".")[0], ()))
 
     def method_settings(self, name: str, keys: set[str]) -> dict[str, Any]:
         """The defaults for method ``name`` (only keys its config has)."""

@@ -115,6 +115,13 @@ def resolve_plan(
     base = d.method_settings(method, known)
     for key in base:
         origins.setdefault(f"methods.{method}.{key}", f"benchmark {bench.name}")
+    if d.lr_scale != 1.0:  # the benchmark's budget scales every rate of the recipe alike
+        recipe_cfg = method_cls.Config()
+        for key in ("lr", "d_lr"):
+            if key in known and key not in base:
+                base[key] = getattr(recipe_cfg, key) * d.lr_scale
+                origins.setdefault(f"methods.{method}.{key}",
+                                   f"benchmark {bench.name} (recipe's rate x {d.lr_scale:g})")
     method_cfg = apply_overrides(method_cls.Config(), {**base, **method_overrides}, f"methods.{method}")
     schedule = method_schedule(method_cls, method_cfg, bench)
     recipe = f"{method}'s published schedule on {bench.name}"
@@ -136,9 +143,12 @@ def resolve_plan(
         decay = fill("decay_iters", d.decay_iters, f"benchmark {bench.name}")
     train = dataclasses.replace(train, decay_iters=decay, **pick)
     recipe_model = method_cls.model_defaults(method_cfg)
+    scaled = d.scaled_network(recipe_model.get("backbone", ""))
+    recipe_model = {**recipe_model, **scaled}
     model_base = {**d.model_settings(), **recipe_model}
     for key in model_base:
-        origins.setdefault(f"model.{key}", f"{method}'s recipe" if key in recipe_model
+        origins.setdefault(f"model.{key}", f"benchmark {bench.name} (small stand-in of the recipe's "
+                           f"network)" if key in scaled else f"{method}'s recipe" if key in recipe_model
                            else f"benchmark {bench.name}")
     model = apply_overrides(SegmenterConfig(), model_base, "model")
     model = apply_overrides(model, model_overrides, "model")

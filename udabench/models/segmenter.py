@@ -29,7 +29,9 @@ from udabench.settings import Settings, setting
 
 IMAGENET_TAG = RESNET_IMAGENET_TAG
 BN_MODES = ("frozen", "frozen_affine", "train")
-INIT_FORMS = "imagenet, imagenet:<timm tag>, scratch, caffe-deeplab:<path> or a weights file path"
+INIT_FORMS = ("imagenet, imagenet:<timm tag>, minicity-pretrained, scratch (or none), "
+              "caffe-deeplab:<path> or a weights file path")
+MINICITY_PRETRAINED = "minicity-pretrained"  # the shipped MiniCity stand-in for ImageNet weights
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -69,6 +71,10 @@ class SegmenterConfig(Settings):
         kind, arg = parse_init(self.init)
         if kind in ("caffe", "file") and not Path(arg).expanduser().is_file():
             raise self.fail("init", "the weights file does not exist; give an existing path, imagenet or scratch")
+        if kind == "minicity":
+            from udabench.minicity.pretrained import weights_path
+
+            weights_path(arch)  # shipped for this backbone, and intact (one line otherwise)
         if tag is not None and not (self.init == "imagenet" or (kind == "imagenet" and arg == tag)):
             raise self.fail("backbone", f"the tag '{tag}' selects timm's pretrained weights, but "
                                         f"model.init = {self.init!r}; set model.init = 'imagenet' "
@@ -105,8 +111,10 @@ def parse_init(init: str) -> tuple[str, str]:
     use their own default, see ``SegmenterConfig.pretrained_request``)."""
     if not isinstance(init, str) or not init:
         raise ConfigError(f"model.init: expected one of {INIT_FORMS}, got {init!r}")
-    if init == "scratch":
+    if init in ("scratch", "none"):
         return "scratch", ""
+    if init == MINICITY_PRETRAINED:  # the file depends on the backbone: resolved when building
+        return "minicity", ""
     if init == "imagenet":
         return "imagenet", IMAGENET_TAG
     if init.startswith("imagenet:") and len(init) > len("imagenet:"):
@@ -267,6 +275,12 @@ def build_segmenter(cfg: SegmenterConfig, num_classes: int = 19) -> Segmenter:
         apply_caffe_geometry(backbone)
     seg = Segmenter(backbone, num_classes, cfg, norm="caffe" if kind == "caffe" else None)
     what = f"{cfg.backbone} backbone"
+    if kind == "minicity":
+        from udabench.minicity.pretrained import weights_path
+
+        kind, arg = "file", str(weights_path(split_backbone(cfg.backbone)[0]))
+        seg.init_notes.append(f"{MINICITY_PRETRAINED}: {Path(arg).name} sha256 "
+                              f"{weights.file_sha256(Path(arg))}")
     if kind == "file":
         sd = weights.read_state_dict(Path(arg).expanduser())
         keys = list(weights.strip_wrappers(sd))  # also strips Scale., so check both forms

@@ -31,6 +31,17 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 CAFFE_CLASSIFIER = re.compile(r"^(layer[56])\.conv2d_list\.(\d+)\.(weight|bias)$")
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a weights file, recorded with a run that was initialised from it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _first(items: list[str], n: int = 3) -> str:
     more = f", ... ({len(items)} in all)" if len(items) > n else ""
     return ", ".join(items[:n]) + more
