@@ -103,9 +103,8 @@ def local(work: Path, runs: int, jobs: int) -> dict[str, list[float]]:
     jobs_seen = ledger_times(work, "local")
     child = [first[d] - jobs_seen[d]["started_ts"] for d in first]
     starts = sorted(j["started_ts"] for j in jobs_seen.values())
-    ends = sorted(datetime.fromisoformat(j["ended"]).timestamp() for j in jobs_seen.values())
+    ends = sorted(j["ended_ts"] for j in jobs_seen.values())
     # a slot frees when a run ends; the next run starts at the launcher's next poll
-    # (the ledger's end time has whole seconds: these gaps are +-1 s)
     gaps = [s - e for s, e in zip(starts[jobs:], ends[:len(starts) - jobs])]
     return {"child": child, "sweep start": [starts[0] - t0], "gap": gaps}
 

@@ -3,6 +3,7 @@ local launcher's slots and process handling (real runs: tests/test_sweep_local.p
 tests/test_sweep_slurm.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -369,3 +370,21 @@ def test_srun_variables_become_torchrun_variables(monkeypatch):
     slurm_to_torchrun()
     assert (os.environ["WORLD_SIZE"], os.environ["RANK"]) == ("8", "5")
     assert [first_host(x) for x in ("n1", "a[009-011]", "x[2,5]-ib,y", "p,q")] == ["n1", "a009", "x2-ib", "p"]
+
+
+def test_commands_are_argument_lists_with_torchrun_for_several_gpus(tmp_path):
+    spec = load_spec(write(tmp_path))
+    (res,) = [r for r in resolve_runs(spec) if r.run.name == "advent" and r.run.seed == 1]
+    task = RunTask(res.run.id, res.run.label(), res.udabench_args(), "adversarial", "minicity-gta2cs", 1,
+                   str(res.output_dir), res.config_hash[:6], str(tmp_path), str(tmp_path / "sw"))
+    cmd = task.command("py")
+    assert cmd[:5] == ["py", "-m", "udabench", "run", "adversarial"]
+    pairs = list(zip(cmd, cmd[1:]))
+    for pair in (("--benchmark", "minicity-gta2cs"), ("--seed", "1"), ("--out", str(tmp_path / "runs")),
+                 ("--set", 'methods.adversarial.input="entropy"'), ("--set", "train.iters=4"),
+                 ("--name", "advent"), ("--tag", "ablation")):
+        assert pair in pairs, (pair, cmd)
+    multi = dataclasses.replace(task, nproc=4).resuming(tmp_path / "run")
+    assert multi.command("py") == ["py", "-m", "torch.distributed.run", "--standalone",
+                                   "--nproc_per_node=4", "-m", "udabench", "run", "--resume",
+                                   str(tmp_path / "run")]

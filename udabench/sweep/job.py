@@ -90,9 +90,13 @@ def finished(run_dir: str | Path | None) -> bool:
 def index_finished(out: str | Path, run_dir: str | Path) -> None:
     """Make sure the run store lists a finished run (a run killed between writing result.json and
     indexing itself would otherwise wait for a reindex)."""
+    from udabench.errors import UserError
     from udabench.results.store import index_run, store_path
 
-    index_run(store_path(out), run_dir)
+    try:
+        index_run(store_path(out), run_dir)
+    except (UserError, OSError):  # only a safety net: the run normally indexed itself
+        pass
 
 
 def child_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -177,7 +181,8 @@ class Attempt:
         where = str(run_dir) if run_dir else None
         if finished(run_dir):  # even if a signal came after result.json was written
             index_finished(self.task.out, run_dir)
-            return self._record(DONE, run_dir=where, returncode=returncode, error=None, ended=now())
+            return self._record(DONE, run_dir=where, returncode=returncode, error=None,
+                                ended=now(), ended_ts=time.time())
         error = why or error_line(self.log, returncode)
         if returncode == 0:
             error = "exited without a result.json (see the log)"
@@ -185,4 +190,5 @@ class Attempt:
         # far as a run directory, else started again); anything else failed.
         stopped = returncode in STOPPED or returncode < 0 or why is not None
         state = INTERRUPTED if stopped else FAILED
-        return self._record(state, run_dir=where, returncode=returncode, error=error, ended=now())
+        return self._record(state, run_dir=where, returncode=returncode, error=error,
+                            ended=now(), ended_ts=time.time())
