@@ -41,7 +41,8 @@ err = Console(stderr=True)
 def selftest_cmd(benchmarks, methods, device, iters, backbone, amp, compile_, profile, fmt, keep,
                  images, sets, config_file, print_schema) -> None:
     """Run every method at the real protocols' sizes on generated data, and time it."""
-    from udabench.selftest.driver import SelftestOptions, run_selftest
+    from udabench.selftest.driver import run_selftest
+    from udabench.selftest.plan import SelftestOptions
     from udabench.selftest.report import SCHEMA, render
     from udabench.selftest.tree import TreeSpec
 

@@ -15,224 +15,40 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
-from udabench.config import DATA_ENV, load_config
-from udabench.engine.devices import amp_settings, select_device
+from udabench.config import DATA_ENV
+from udabench.engine.devices import amp_settings
 from udabench.engine.plan import RunPlan, preflight
 from udabench.engine.runner import Run, new_run
 from udabench.engine.trainer import Interrupted
 from udabench.errors import UserError
-from udabench.registry import BENCHMARKS, METHODS, MODELS, did_you_mean
+from udabench.registry import BENCHMARKS
 from udabench.selftest import measure
 from udabench.selftest.datacheck import check_tree
+from udabench.selftest.plan import (Job, Log, SelftestOptions, Setup, one_line, own_data_root,
+                                    plan_selftest)
 from udabench.selftest.probes import StepProbe, memory_kind, peak_memory, reset_peak_memory
-from udabench.selftest.tree import TreeSpec, write_tree
+from udabench.selftest.tree import write_tree
 from udabench.taxonomy import CLASS_NAMES
 
-Log = Callable[[str], None]
-AMP_CHOICES = ("auto", "off", "bf16", "fp16")
-# The AMP comparison runs source-only on this benchmark when it is selected (1280x720 inputs).
-AMP_BENCHMARK = "gta2cs"
 # Row fields filled in by a finished run (report.SCHEMA lists every field of a row).
 MEASURED = ("peak_memory_bytes", "s_per_iter", "images_per_step", "train_images_per_s",
             "eval_s_per_image", "eval_images", "eval_input_size", "projected_hours",
             "data_s_per_step", "data_fraction", "input_bound", "ensemble_io_s_per_step",
             "ensemble_io_fraction", "losses", "losses_finite", "miou", "spec_hash", "export",
             "wall_seconds")
-TAG = "selftest"
-
-
-@dataclass(frozen=True)
-class SelftestOptions:
-    benchmarks: tuple[str, ...] = ("all",)
-    methods: tuple[str, ...] = ("all",)
-    device: str = "auto"
-    iters: int = 10
-    backbone: str | None = None  # None: the configured one (ResNet-101 by default)
-    amp: str = "auto"
-    compile: bool = False
-    profile: bool | None = None  # the fp32 vs AMP comparison; None = on CUDA only
-    keep: Path | None = None  # keep the tree and the runs here (default: a temporary folder)
-    config_file: Path | None = None
-    sets: tuple[str, ...] = ()  # the user's --set items
-    tree: TreeSpec = TreeSpec()
-    progress: bool = False  # training/evaluation progress bars
-
-
-def real_benchmarks() -> list[str]:
-    """The registered protocols on real datasets (MiniCity ones generate their own data)."""
-    return [n for n in BENCHMARKS.names() if getattr(BENCHMARKS.get(n), "minicity", None) is None]
-
-
-def _select(requested: tuple[str, ...], known: list[str], what: str, option: str) -> list[str]:
-    names = [n.strip() for part in requested for n in part.split(",") if n.strip()]
-    if not names:
-        raise UserError(f"{option}: give at least one {what} name or 'all'")
-    if "all" in names:
-        return list(known)
-    for name in names:
-        if name not in known:
-            raise UserError(f"{option} {name}: not a {what} the selftest can run"
-                            f"{did_you_mean(name, known)}; choose from {', '.join(known)} or all")
-    return list(dict.fromkeys(names))
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@contextlib.contextmanager
-def own_data_root() -> Iterator[str | None]:
-    """UDABENCH_DATA unset for the block: it would point the runs at the user's real datasets
-    (it wins over every data root, even a saved run's), and the selftest reads its own tree."""
-    saved = os.environ.pop(DATA_ENV, None)
-    try:
-        yield saved
-    finally:
-        if saved is not None:
-            os.environ[DATA_ENV] = saved
-
-
-@dataclass
-class Job:
-    benchmark: str
-    method: str
-    plan: RunPlan | None  # None: `udabench run` refuses this method here (``error`` says why)
-    planned_iters: int | None  # what `udabench run` would train with these settings
-    planned_val_images: int  # what the real protocol evaluates on (500 for Cityscapes val)
-    overrides: list[str]  # the --set items the selftest added
-    error: str | None = None
-
-
-def make_job(method: str, benchmark: str, user_sets: tuple[str, ...], sets: tuple[str, ...],
-             opts: SelftestOptions, work: Path, overrides: list[str]) -> Job:
-    """The method's plan as `udabench run` makes it; a method that `run` refuses on this
-    benchmark (its plan check fails) becomes a job that fails with that one line."""
-    try:
-        planned = _plan(method, benchmark, user_sets, opts, {}, None)
-        plan = _plan(method, benchmark, sets, opts, {"iters": opts.iters, "device": opts.device},
-                     work / "runs")
-    except UserError as exc:
-        return Job(benchmark, method, None, None, 0, overrides, one_line(exc))
-    return Job(benchmark, method, plan, planned.train.iters,
-               planned.bench().expected_val_images or opts.tree.n_val, overrides)
-
-
-@dataclass
-class Setup:
-    options: SelftestOptions
-    device: torch.device
-    amp_mode: str  # effective: off | bf16 | fp16
-    init_note: str  # how the network is initialised, said in the report
-    jobs: list[Job]
-    amp_jobs: dict[str, Job] = field(default_factory=dict)  # fp32 / amp variants of source-only
-    work: Path = Path()
-    keep: bool = False
-    console: Any = None  # where the runs print their notices (stderr)
-    log: Log = print
-
-
-def selftest_sets(opts: SelftestOptions, user_model: dict[str, Any], benchmarks: list[str],
-                  work: Path) -> tuple[list[str], str]:
-    """The --set items the selftest adds to the user's, and the initialisation note."""
-    n = opts.iters
-    sets = [f"paths.data_root={_toml(work / 'data')}", f"paths.output_dir={_toml(work / 'runs')}",
-            "train.log_every=1", f"train.checkpoint_every={n}", "train.eval_every=0",
-            f"train.amp={_toml(opts.amp)}"]
-    if opts.compile:
-        sets.append("train.compile=true")
-    if opts.backbone:
-        sets.append(f"model.backbone={_toml(opts.backbone)}")
-    if "init" in user_model:
-        note = f"model.init = {user_model['init']} (configured)"
-    else:
-        sets.append('model.init="scratch"')
-        note = ("randomly initialised: no weights configured (set model.init in udabench.toml or "
-                "--set model.init=PATH); times and memory do not depend on the weights, the mIoU "
-                "does and means nothing here")
-    # The tree has a few validation images, not the protocol's 500: the evaluation is the
-    # protocol's in every other respect (this override gives the runs their own spec hash).
-    for benchmark in benchmarks:
-        sets.append(f"benchmarks.{benchmark}.val_images={opts.tree.n_val}")
-    return sets, note
-
-
-def _plan(method: str, benchmark: str, sets: tuple[str, ...], opts: SelftestOptions,
-          train_over: dict[str, Any], out: Path | None) -> RunPlan:
-    """The plan `udabench run METHOD --benchmark B` makes from these settings (seed 0)."""
-    from udabench.commands.run import plans_from_options
-
-    tags = (TAG,) if out is not None else ()
-    return plans_from_options(method, benchmark, 0, None, train_over, sets, opts.config_file, out,
-                              None, tags, None)[0]
-
-
-def _ordered(methods: list[str]) -> list[str]:
-    """Methods that others start from (``warm_start``) first, so their finished run is reused."""
-    sources = {METHODS.get(m).warm_start for m in methods}
-    return sorted(methods, key=lambda m: 0 if m in sources else 1)
-
-
-def plan_selftest(opts: SelftestOptions, work: Path) -> Setup:
-    """Check every option and resolve every plan; writes nothing."""
-    if opts.iters < 2:
-        raise UserError(f"--iters {opts.iters}: the selftest needs at least 2 iterations (the "
-                        "first is warm-up and is not timed)")
-    if opts.amp not in AMP_CHOICES:
-        raise UserError(f"--amp {opts.amp}: expected one of {', '.join(AMP_CHOICES)}")
-    if opts.backbone is not None and opts.backbone not in MODELS:
-        raise UserError(f"--backbone {opts.backbone}: unknown backbone"
-                        f"{did_you_mean(opts.backbone, MODELS.names())}; known: "
-                        f"{', '.join(MODELS.names())}")
-    benchmarks = _select(opts.benchmarks, real_benchmarks(), "benchmark", "--benchmark")
-    methods = _ordered(_select(opts.methods, METHODS.names(), "method", "--methods"))
-    device, _ = select_device(opts.device)
-    amp_dtype, _ = amp_settings(opts.amp, device)
-    amp_mode = {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype] if amp_dtype else "off"
-    with own_data_root():
-        user = load_config(opts.config_file, opts.sets)
-        ours, note = selftest_sets(opts, user.model, benchmarks, work)
-        sets = (*opts.sets, *ours)
-        jobs = [make_job(method, benchmark, opts.sets, sets, opts, work, ours)
-                for benchmark in benchmarks for method in methods]
-        setup = Setup(opts, device, amp_mode, note, jobs, work=work)
-        profile = device.type == "cuda" if opts.profile is None else opts.profile
-        if profile:
-            bench = AMP_BENCHMARK if AMP_BENCHMARK in benchmarks else benchmarks[0]
-            mode = opts.amp if opts.amp in ("bf16", "fp16") else "bf16"
-            for name, extra in (("fp32", ['train.amp="off"', "train.channels_last=false"]),
-                                ("amp", [f'train.amp="{mode}"', "train.channels_last=true"])):
-                setup.amp_jobs[name] = make_job("source-only", bench, opts.sets, (*sets, *extra),
-                                                opts, work, ours + extra)
-    return setup
-
 
 # -- one method ------------------------------------------------------------------------------------
 class _Refused(UserError):
     """`udabench run` refused to plan this method (the message is the plan's error)."""
-
-
-def one_line(exc: BaseException) -> str:
-    """The cause in one line: a UserError's own message, else the exception type and message."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    if isinstance(exc, UserError):
-        return first or type(exc).__name__
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _effective(plan: RunPlan, device: torch.device) -> tuple[str, bool, bool]:
@@ -420,7 +236,7 @@ def run_selftest(opts: SelftestOptions, console: Any, log: Log) -> dict[str, Any
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         raise
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)  # (already there when random weights were written)
     setup.keep, setup.console, setup.log = keep, console, log
     started = time.perf_counter()
     try:

@@ -157,7 +157,7 @@ def build_report(setup: Any, data: dict[str, Any], rows: list[dict[str, Any]],
         "settings": {
             "benchmarks": benchmarks, "methods": methods, "iters": opts.iters,
             "amp": setup.amp_mode, "compile": opts.compile, "init": setup.init_note,
-            "overrides": setup.jobs[0].overrides if setup.jobs else [],
+            "overrides": next((j.overrides for j in setup.jobs if j.plan), []),
             "tree": dataclasses.asdict(opts.tree),
             "work_dir": str(setup.work) if setup.keep else None,
         },
