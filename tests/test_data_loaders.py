@@ -124,3 +124,33 @@ def test_worker_data_errors_arrive_as_one_line(tiny_gta5, copy_tree, png):
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("corrupt or truncated PNG") and "images/" in msg
     assert loader.state_dict()["position"] == 0
+
+
+class _EvenSampler:
+    """Draws only even indices, tagging each with index % 3 as its 'class'."""
+
+    def draw(self, n, gen):
+        idx = torch.randint(0, 5, (n,), generator=gen) * 2
+        return idx, idx % 3
+
+
+def test_a_method_sampler_chooses_the_images_and_tags_their_class():
+    loader = InfiniteLoader(_Range(10), 4, 0, "source")
+    loader.set_sampler(_EvenSampler())
+    batches = _take(loader, 6)
+    for b in batches:
+        assert all(int(i) % 2 == 0 for i in b["index"])
+        assert torch.equal(b["sampled_class"], b["index"] % 3)
+    # the draws follow (seed, domain, epoch): a restored loader yields the same next batches
+    again = InfiniteLoader(_Range(10), 4, 0, "source")
+    again.set_sampler(_EvenSampler())
+    again.load_state_dict(_restored_state(loader, 3))
+    for a, b in zip(batches[3:], _take(again, 3)):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["sampled_class"], b["sampled_class"])
+
+
+def _restored_state(loader, after):
+    fresh = InfiniteLoader(_Range(10), 4, 0, "source")
+    fresh.set_sampler(_EvenSampler())
+    _take(fresh, after)
+    return fresh.state_dict()

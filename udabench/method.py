@@ -106,6 +106,9 @@ class MethodContext:
     # scale -> the label-free target train split resized to scale x each image's full resolution
     # (for pseudo-labelling passes the published code runs at another size than training)
     target_view: Callable[[float], Dataset] | None = None
+    # -> [source images, classes] labelled pixel counts at full resolution (the manifest's, or
+    # counted once and cached in the run); for class-aware source sampling (DAFormer's RCS)
+    source_class_counts: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass
@@ -174,6 +177,12 @@ class Method(nn.Module):
 
     def after_step(self, step: int) -> None:
         """Called after the optimiser steps (e.g. EMA teacher update)."""
+
+    def source_sampler(self) -> Any:
+        """None: source images in shuffled epochs. Else an object whose ``draw(n, generator)``
+        returns (image indices [n], classes [n]): the trainer's source loader then loads those
+        images, and each source sample carries ``sampled_class`` (rare class sampling)."""
+        return None
 
     def eval_network(self) -> tuple[str, nn.Module]:
         """Which network is evaluated, and its name for the record. Student by default."""

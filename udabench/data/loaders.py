@@ -46,6 +46,25 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class SampledClass(torch.utils.data.Dataset):
+    """A dataset read through a method's sampler: key (index, aug_seed, class) -> the sample with
+    ``sampled_class`` (the class the image was drawn for, e.g. by rare class sampling)."""
+
+    supports_aug_seed = True
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self.keyed = getattr(dataset, "supports_aug_seed", False)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        index, aug_seed, cls = key
+        sample = self.dataset[(index, aug_seed)] if self.keyed else self.dataset[index]
+        return {**sample, "sampled_class": cls}
+
+
 class _WorkerInit:
     """Seeds the global RNGs of each worker from the run seed (picklable for spawn)."""
 
@@ -107,13 +126,28 @@ class InfiniteLoader:
         self.keyed = getattr(dataset, "supports_aug_seed", False)
         self.epoch, self.position = 0, 0
         self._it: Iterator[dict[str, Any]] | None = None
+        self.sampler: Any = None  # draws (indices, classes) instead of shuffling (set_sampler)
+
+    def set_sampler(self, sampler: Any) -> None:
+        """Draw each epoch's images with ``sampler.draw(n, generator) -> (indices, classes)``
+        instead of a permutation (a method's rare class sampling); samples then carry
+        ``sampled_class``. The draws follow (seed, domain, epoch): resume sees the same ones."""
+        self.close()
+        self.sampler = sampler
+        self.dataset = SampledClass(self.dataset)
+        self.keyed = True
 
     def epoch_keys(self, epoch: int) -> list[Any]:
         """This rank's dataset keys for ``epoch``: (index, aug_seed) or plain indices."""
         n = len(self.dataset)
         gen = torch.Generator()
         gen.manual_seed(sample_seed(self.seed, self.domain, "epoch", epoch))
-        perm = torch.randperm(n, generator=gen).tolist()
+        classes: list[int] | None = None
+        if self.sampler is not None:
+            drawn, drawn_classes = self.sampler.draw(n, gen)
+            perm, classes = [int(i) for i in drawn], [int(c) for c in drawn_classes]
+        else:
+            perm = torch.randperm(n, generator=gen).tolist()
         positions = list(range(n))
         total = self.per_rank * self.world_size
         if total <= n:
@@ -121,6 +155,8 @@ class InfiniteLoader:
         else:  # pad by wrapping around, as DistributedSampler does without drop_last
             positions = (positions * math.ceil(total / n))[:total]
         mine = positions[self.rank::self.world_size]
+        if classes is not None:
+            return [(perm[p], sample_seed(self.seed, self.domain, epoch, p), classes[p]) for p in mine]
         if not self.keyed:
             return [perm[p] for p in mine]
         return [(perm[p], sample_seed(self.seed, self.domain, epoch, p)) for p in mine]

@@ -94,6 +94,7 @@ def build_method(plan: RunPlan, bench: Any, sets: Any, placement: Any, scratch: 
         rank=placement.rank, world_size=placement.world_size, amp_dtype=amp_dtype,
         init_from=(init.get("run_id") or init["checkpoint"]) if init else None,
         source_size=len(sets.source), target_view=sets.target_view,
+        source_class_counts=lambda: source_class_counts(sets.source, scratch),
     )
     method_cfg = build(method_cls.Config, plan.method_config, f"methods.{plan.method}")
     return method_cls(segmenter, method_cfg, ctx).to(placement.device), segmenter
@@ -148,6 +149,9 @@ class Run:
 
         method, segmenter = build_method(plan, bench, sets, placement, self.run_dir.scratch, amp_dtype,
                                          load_init=state is None)
+        sampler = method.source_sampler()
+        if sampler is not None:  # the method chooses which source images are loaded (RCS)
+            source.set_sampler(sampler)
         channels_last = plan.train.channels_last and placement.device.type == "cuda"
         if channels_last:
             method.to(memory_format=torch.channels_last)
@@ -269,6 +273,30 @@ class Run:
             "method_config": plan.method_config,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+
+def source_class_counts(dataset: Any, scratch: Path) -> torch.Tensor:
+    """[images, classes] labelled pixel counts of the source at full resolution: from the
+    dataset's manifest (``udabench data prepare``), else counted once and cached in the run."""
+    import numpy as np
+
+    from udabench.errors import DataError as _DataError
+
+    try:
+        return dataset.class_counts()
+    except _DataError:
+        pass
+    cache = Path(scratch) / "source_class_counts.npy"
+    if cache.is_file():
+        counts = np.load(cache)
+        if counts.shape[0] == len(dataset):
+            return torch.from_numpy(counts)
+    out = np.zeros((len(dataset), 19), dtype=np.int64)
+    for i in range(len(dataset)):
+        label = dataset.load(i)["label"].reshape(-1).long()
+        out[i] = torch.bincount(label[label != 255], minlength=19)[:19].numpy()
+    np.save(cache, out)
+    return torch.from_numpy(out)
 
 
 def eval_panels(net: torch.nn.Module, val: Any, settings: EvalSettings, device: torch.device,

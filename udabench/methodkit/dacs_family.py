@@ -56,10 +56,10 @@ class ClassMixTeacher:
         read: only its image is kept)."""
         c = self.cfg
         sampler = getattr(self, "sampler", None)
-        rcs = source.get("rcs_class") if sampler is not None else None
+        rcs = source.get("sampled_class") if sampler is not None else None
         if sampler is not None and rcs is None:
             raise UserError(f"{c.WHERE}.rcs: the source batch does not say which class each image "
-                            "was drawn for ('rcs_class'): the trainer ignored the method's "
+                            "was drawn for ('sampled_class'): the trainer ignored the method's "
                             "source_sampler")
         images, labels, target_images = source["image"], source["label"], target["image"]
         if c.crop:
