@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", required=True, type=Path, help="folder for the weights and sidecar")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     ap.add_argument("--threads", type=int, default=THREADS_DEFAULT, help="CPU threads (default 1)")
     ap.add_argument("--data-root", type=Path, default=None,
                     help="cache the rendered images under DATA_ROOT/minicity-pretrain/<key>/")
@@ -69,6 +70,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--seed", str(args.seed)]
     if args.steps is not None:
         parts += ["--steps", str(args.steps)]
+    if args.lr is not None:
+        parts += ["--lr", repr(args.lr)]
     if args.threads != THREADS_DEFAULT:
         parts += ["--threads", str(args.threads)]
     return " ".join(parts)
@@ -77,7 +80,8 @@ def command_line(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = {"seed": args.seed, **({"steps": args.steps} if args.steps is not None else {})}
+    overrides = {"seed": args.seed, **({"steps": args.steps} if args.steps is not None else {}),
+                 **({"lr": args.lr} if args.lr is not None else {})}
     if args.steps is not None:
         overrides["warmup_steps"] = min(recipe(args.backbone).warmup_steps, args.steps)
     try:

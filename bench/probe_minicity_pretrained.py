@@ -130,15 +130,25 @@ def main() -> None:
     console.print(f"{args.backbone}: {len(ytr_t)} training and {len(yte_t)} test patches "
                   f"({PATCH}x{PATCH}) of MiniCity source scenes at {H}x{W}{' in grey' if args.grey else ''}; "
                   f"{len(ytr_t.unique())} classes")
-    inits = [("pretrained", str(path), 0)] + [(f"random init (seed {s})", "scratch", s)
-                                               for s in range(args.random_seeds)]
+    # "random init" is the network as MiniCity builds it from scratch: timm zero-initialises the
+    # last BatchNorm scale of every residual branch, and frozen_affine keeps it at 0, so only the
+    # stem and the 1x1 shortcuts carry signal; "gamma 1" sets every BatchNorm scale to 1.
+    inits = [("pretrained", str(path), 0, False)]
+    inits += [(f"random init (seed {s})", "scratch", s, False) for s in range(args.random_seeds)]
+    inits += [(f"random init, gamma 1 (seed {s})", "scratch", s, True)
+              for s in range(args.random_seeds)]
     table = Table(title="linear probe on frozen features (MiniCity source patches)")
     for col in ("init", "features", "dims", "accuracy", "mean class recall"):
         table.add_column(col, justify="right")
-    for name, init, seed in inits:
+    for name, init, seed, gamma_one in inits:
         torch.manual_seed(seed)
         seg = build_segmenter(SegmenterConfig(backbone=args.backbone, init=init,
                                               bn_mode="frozen_affine"), 19)
+        if gamma_one:
+            if not seg.batchnorms():
+                continue
+            for bn in seg.batchnorms():
+                torch.nn.init.ones_(bn.weight)
         feats_tr = patch_features(seg, xtr_img, xtr_img)
         feats_te = patch_features(seg, xte_img, xtr_img)
         for kind in ("deepest", "all levels"):

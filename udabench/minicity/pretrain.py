@@ -47,14 +47,14 @@ OPTIMIZERS = ("sgd", "adamw")
 class PretrainConfig:
     backbone: str = "resnet-tiny"
     seed: int = 0
-    steps: int = 1000
+    steps: int = 2400  # 16 epochs of the 19,200 training images
     batch_size: int = 128
     crop: int = 64  # side of the training crops (random resized) and of the scored centre crop
     optimizer: str = "sgd"
     lr: float = 0.2
     momentum: float = 0.9  # sgd only
     weight_decay: float = 1e-4
-    warmup_steps: int = 50
+    warmup_steps: int = 100
     eval_train_per_class: int = 40  # training images scored for the final train accuracy
     data: PretrainDataParams = field(default_factory=PretrainDataParams)
 
@@ -88,7 +88,7 @@ def recipe(backbone: str, **overrides) -> PretrainConfig:
     Sized so that pretraining (data included) takes well under 20 minutes of one CPU core."""
     if backbone.startswith("mit"):
         base = PretrainConfig(backbone=backbone, optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                              steps=1500, warmup_steps=100)
+                              steps=5000, warmup_steps=250)
     else:
         base = PretrainConfig(backbone=backbone)
     return replace(base, **overrides)
