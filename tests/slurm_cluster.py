@@ -193,11 +193,22 @@ def start_cluster(root: Path, cpus: int = 2, kill_wait: int = 30, timeout_s: flo
     while time.monotonic() < end:
         state = cluster.run("sinfo", "--noheader", "--format=%T", timeout=10).stdout.strip()
         if state == "idle":
-            return cluster
+            break
         time.sleep(0.5)
-    cluster.stop()
-    raise ClusterUnavailable(f"the Slurm node did not become idle in {timeout_s:.0f} s (state "
-                             f"{state or 'unknown'}): {cluster.log('slurmd', 1) or cluster.log('slurmctld', 1)}")
+    else:
+        cluster.stop()
+        raise ClusterUnavailable(f"the Slurm node did not become idle in {timeout_s:.0f} s (state "
+                                 f"{state or 'unknown'}): "
+                                 f"{cluster.log('slurmd', 1) or cluster.log('slurmctld', 1)}")
+    try:  # a job must really run here (not only the daemons start)
+        probe = cluster.run("srun", "--ntasks=1", "--time=1", "true", timeout=60)
+        failed = probe.returncode != 0 and (probe.stderr.strip().splitlines() or ["no output"])[-1]
+    except subprocess.TimeoutExpired:
+        failed = "it did not end within 60 s"
+    if failed:
+        cluster.stop()
+        raise ClusterUnavailable(f"a test job did not run on the local Slurm cluster: {failed}")
+    return cluster
 
 
 def _sbin(name: str) -> str:
