@@ -10,6 +10,7 @@ job it still runs) at the end.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -109,9 +110,12 @@ def _memory_mb() -> int:
     raise ClusterUnavailable("no MemTotal in /proc/meminfo")
 
 
-def slurm_conf(root: Path, node: str, ports: list[int], cpus: int, memory_mb: int, kill_wait: int) -> str:
+def slurm_conf(root: Path, node: str, ports: list[int], cpus: int, memory_mb: int, kill_wait: int,
+               first_job_id: int = 1) -> str:
     return f"""# a one-node test cluster (tests/slurm_cluster.py)
 ClusterName=udabench-test
+# job ids (and so the rendezvous ports derived from them) differ from one test session to the next
+FirstJobId={first_job_id}
 SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={ports[0]}
 SlurmdPort={ports[1]}
@@ -171,7 +175,8 @@ def start_cluster(root: Path, cpus: int = 2, kill_wait: int = 30, timeout_s: flo
     os.chmod(key, 0o600)
     node = socket.gethostname()
     conf = root / "slurm.conf"
-    conf.write_text(slurm_conf(root, node, _free_ports(2), cpus, max(256, _memory_mb() - 1024), kill_wait))
+    conf.write_text(slurm_conf(root, node, _free_ports(2), cpus, max(256, _memory_mb() - 1024), kill_wait,
+                               first_job_id=random.randrange(1000, 1_000_000)))
     cluster = SlurmCluster(root, conf, node, kill_wait)
 
     def start(args: list[str], pid_file: Path, what: str) -> None:
