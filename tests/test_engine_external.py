@@ -93,3 +93,25 @@ def test_weights_without_a_classifier_are_an_initialisation(tmp_path):
     assert detect_format(tmp_path / "d.pth") == "deeplab"
     torch.save({"method": {}}, tmp_path / "u.pth")
     assert detect_format(tmp_path / "u.pth") == "udabench"
+
+
+@pytest.mark.slow
+def test_prediction_panels_put_runs_side_by_side_with_titles_and_a_legend(work):
+    for seed in ("0", "1"):
+        assert cli("run", "source-only", "-b", "minicity-gta2cs", "--seed", seed, "--name", f"s{seed}").exit_code == 0
+    runs = sorted((work / "runs" / "minicity-gta2cs" / "source-only").iterdir())
+    svg = work / "panels.svg"
+    r = cli("predict", *runs, "--format", "panels", "--limit", "2", "--out", svg)
+    assert r.exit_code == 0, r.output
+    text = svg.read_text()
+    assert text.count("<image") == 2 * 4  # 2 images x (image, ground truth, 2 runs)
+    for title in ("ground truth", "s0 (", "s1 (", "road", "bicycle"):  # titles and the legend
+        assert title in text, title
+    pdf = work / "panels.pdf"
+    assert cli("predict", *runs, "--format", "panels", "--limit", "3", "--out", pdf).exit_code == 0
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF") and data.count(b"/Subtype /Image") == 3 * 4
+    r = cli("predict", *runs, "--format", "panels", "--out", pdf)  # never overwritten silently
+    assert r.exit_code == 2 and "already exists" in r.stderr
+    r = cli("predict", *runs)  # several runs need the panels format
+    assert r.exit_code == 2 and "--format panels" in r.stderr

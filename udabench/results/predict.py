@@ -105,7 +105,9 @@ class LoadedRun:
             raise UserError(f"--split {split}: expected one of {', '.join(SPLITS)}")
         from udabench.data.datasets import build_dataset
 
-        _, target_root = self.bench.roots(Path(self.plan.data_root), console)
+        from udabench.engine.plan import data_root_of
+
+        _, target_root = self.bench.roots(data_root_of(self.plan), console)
         return build_dataset(self.bench.target_kind, target_root, split, with_labels=split == "val",
                              transform=self.bench.eval_transform())
 
