@@ -177,3 +177,14 @@ def test_a_run_with_tensorboard_logs_eval_scalars_and_panels(tmp_path, monkeypat
     rec = json.loads((run / "result.json").read_text())
     assert rec["checkpoints"]["best"]["key"] == "eval/mIoU19" and rec["checkpoints"]["kept"] == ["iter_6.pt"]
     assert rec["eval"]["checkpoint"] == "last"  # the result is the last checkpoint's, always
+
+
+def test_a_stop_signal_during_the_final_evaluation_is_held_until_the_result_is_written():
+    from udabench.engine.runner import hold_stop_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with hold_stop_signals() as held:
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the process without the hold
+        os.kill(os.getpid(), signal.SIGUSR1)
+    assert held == [signal.SIGTERM, signal.SIGUSR1]
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from udabench.config import load_config
 from udabench.errors import ConfigError, UserError
@@ -127,9 +128,9 @@ def execute_new(plan: Any, rank: int, world: int) -> dict[str, Any]:
     lock = run_dir.lock() if rank == 0 else None
     try:
         if rank == 0:
-            label = f" [{plan.name}]" if plan.name else ""
+            label = f" \\[{escape(plan.name)}]" if plan.name else ""  # rich would eat [name]
             console.print(f"[bold]{plan.method}[/]{label} on [bold]{plan.benchmark}[/], seed {plan.seed}: "
-                          f"{run_dir.path}")
+                          f"{escape(str(run_dir.path))}")
         record = Run(plan, run_dir, console).execute(resume=False)
     except Exception:
         if rank == 0:

@@ -4,7 +4,10 @@ benchmark -> datasets/loaders -> segmenter -> method -> trainer -> evaluator -> 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,14 +205,31 @@ class Run:
                                          placement.is_main)
         try:
             trainer.fit(extra)
-            eval_started = time.perf_counter()
-            scalars, (network, result, score) = run_eval(trainer.step)
-            eval_seconds = time.perf_counter() - eval_started
-            if placement.is_main:
-                trainer.trackers.scalars(trainer.step, scalars)
-            trainer._track_best(scalars, extra)  # the last evaluation competes for best.pt too
-        finally:
+        except BaseException:
             trainer.trackers.close()
+            raise
+        # Training is over: a stop signal now (a scheduler's time limit) must not lose the
+        # evaluation; it is held until the result is on disk, then the run ends normally.
+        with hold_stop_signals():
+            try:
+                record = self._finish(trainer, run_eval, bench, method_cls, segmenter, eval_settings,
+                                      placement, micro, accum, amp_dtype, channels_last, val_ids,
+                                      source_ds, sets, data_root, extra)
+            finally:
+                trainer.trackers.close()
+        return record
+
+    def _finish(self, trainer, run_eval, bench, method_cls, segmenter, eval_settings, placement,
+                micro, accum, amp_dtype, channels_last, val_ids, source_ds, sets, data_root,
+                extra) -> dict[str, Any]:
+        """The final evaluation, the result record, the per-image matrices and the index."""
+        plan = self.plan
+        eval_started = time.perf_counter()
+        scalars, (network, result, score) = run_eval(trainer.step)
+        eval_seconds = time.perf_counter() - eval_started
+        if placement.is_main:
+            trainer.trackers.scalars(trainer.step, scalars)
+        trainer._track_best(scalars, extra)  # the last evaluation competes for best.pt too
         record = self._record(bench, method_cls, segmenter, network, result, score, eval_settings,
                               trainer, placement, eval_seconds, micro, accum, amp_dtype, channels_last)
         record["eval"]["val_fingerprint"] = val_fingerprint(val_ids)
@@ -326,6 +346,24 @@ def eval_panels(net: torch.nn.Module, val: Any, settings: EvalSettings, device: 
     finally:
         net.train(was_training)
     return panels
+
+
+@contextlib.contextmanager
+def hold_stop_signals():
+    """SIGTERM/SIGUSR1/SIGINT are recorded, not acted on, inside the block (the final evaluation
+    and writing the result); the usual handlers come back after it. A held signal arrived after
+    the training it would have stopped: the finished run is not thrown away for it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    held: list[int] = []
+    signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in signals}
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def check_validation_set(bench: Any, val: Any) -> list[str]:

@@ -113,7 +113,7 @@ class Trainer:
         self._source_iter: Iterator | None = None
         self._target_iter: Iterator | None = None
         self._stop_requested = False
-        self._stop_reason = ""
+        self._stop_reason = "interrupted"
         self.trackers = Trackers([])
         self.best: dict[str, Any] = {}  # {"step", "key", "value"} of best.pt, when kept
 
