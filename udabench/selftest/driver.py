@@ -30,7 +30,7 @@ from udabench.engine.plan import RunPlan, preflight
 from udabench.engine.runner import Run, new_run
 from udabench.engine.trainer import Interrupted
 from udabench.errors import UserError
-from udabench.registry import BENCHMARKS
+from udabench.registry import BENCHMARKS, METHODS
 from udabench.selftest import measure
 from udabench.selftest.datacheck import check_tree
 from udabench.selftest.plan import (Job, Log, SelftestOptions, Setup, one_line, own_data_root,
@@ -45,6 +45,7 @@ MEASURED = ("peak_memory_bytes", "s_per_iter", "images_per_step", "train_images_
             "data_s_per_step", "data_fraction", "input_bound", "ensemble_io_s_per_step",
             "ensemble_io_fraction", "losses", "losses_finite", "miou", "spec_hash", "export",
             "wall_seconds")
+
 
 # -- one method ------------------------------------------------------------------------------------
 class _Refused(UserError):
@@ -185,7 +186,10 @@ def run_job(job: Job, setup: Setup, log: Log, export: bool = True) -> dict[str, 
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        if run_dir is not None and not setup.keep:  # checkpoints are the bulk of the disk use
+        # Checkpoints are the bulk of the disk use; a run another method may start from
+        # (``warm_start``, found by ``with_init_from``) keeps its own.
+        sources = {METHODS.get(j.method).warm_start for j in setup.jobs}
+        if run_dir is not None and not setup.keep and job.method not in sources:
             shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
             shutil.rmtree(run_dir.scratch, ignore_errors=True)
     row["wall_seconds"] = time.perf_counter() - started
