@@ -89,6 +89,9 @@ def _explicit(cfg: Any, section: str) -> list[str]:
     return [k.split(".", 1)[1] for k in cfg.origins if k.startswith(section + ".") and k.count(".") == 1]
 
 
+NETWORK_KEYS = ("backbone", "init", "aspp_branches", "multi_level", "head", "head_channels")
+
+
 def with_init_from(plan: Any, make_warm_start) -> Any:
     """Resolve ``train.init_from`` (or the method's published warm start) into the plan."""
     from udabench.engine.plan import find_finished, resolve_init_from, resolve_plan
@@ -100,10 +103,13 @@ def with_init_from(plan: Any, make_warm_start) -> Any:
         # The method's protocol starts from a trained model of another method (CBST from
         # source-only): the finished run of that method with the same benchmark, seed, network
         # and training settings; made first (an ordinary, indexed run) when there is none.
+        # "Same network" = the same architecture and initial weights; how BatchNorm is run and
+        # the head's learning rate are the warm-start method's own training choices.
+        network = {k: v for k, v in dataclasses.asdict(plan.model).items() if k in NETWORK_KEYS}
         src = resolve_plan(warm, plan.benchmark, plan.seed,
                            dataclasses.replace(plan.train, init_from="none"),
-                           dataclasses.asdict(plan.model), {}, plan.benchmark_overrides,
-                           Path(plan.data_root), Path(plan.output_dir))
+                           network, {}, plan.benchmark_overrides,
+                           Path(plan.data_root), Path(plan.output_dir), manifests=plan.manifests)
         found = find_finished(src)
         if found is None:
             console.print(f"{plan.method} starts from a finished {warm} run of {plan.benchmark}, "
