@@ -241,6 +241,18 @@ def _setup(tmp_path, **kw):
     return setup
 
 
+def test_one_line_causes():
+    from udabench.errors import DataError
+    from udabench.selftest.plan import one_line
+
+    assert one_line(DataError("GTA5 not found at /x; get it from ...")) == \
+        "GTA5 not found at /x; get it from ..."
+    assert one_line(RuntimeError("backend='inductor' raised:\nRuntimeError: a node was used before"
+                                 "\ngraph():\n  ...")) == \
+        "RuntimeError: backend='inductor' raised: RuntimeError: a node was used before"
+    assert one_line(KeyError()) == "KeyError"
+
+
 def test_plan_keeps_the_real_protocol_and_says_how_the_network_starts(tmp_path, monkeypatch):
     from udabench.commands.run import plans_from_options
     from udabench.registry import BENCHMARKS

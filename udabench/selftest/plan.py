@@ -240,9 +240,12 @@ def plan_selftest(opts: SelftestOptions, work: Path) -> Setup:
 
 
 def one_line(exc: BaseException) -> str:
-    """The cause in one line: a UserError's own message, else the exception type and message."""
-    text = str(exc).strip().splitlines()
+    """The cause in one line: a UserError's own message, else the exception type and message
+    (a first line that only announces the cause, "... raised:", gets the line after it)."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     first = text[0] if text else ""
+    if first.endswith(":") and len(text) > 1:
+        first = f"{first} {text[1]}"
     if isinstance(exc, UserError):
         return first or type(exc).__name__
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
