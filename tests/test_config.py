@@ -168,3 +168,13 @@ def test_config_show_names_where_each_value_comes_from(tmp_path, monkeypatch):
     assert rows["train.num_workers"] == (2, "default")
     r = CliRunner().invoke(main, ["methods", "source-only", "-b", "minicity-gta2cs"])
     assert r.exit_code == 0 and "lr=0.01" in r.output and "train.iters=300" in r.output
+
+
+def test_an_error_of_one_method_is_never_blamed_on_another_methods_set():
+    from udabench.config import blame
+
+    origins = {"methods": "--set methods.clst.w_cl=0.5", "methods.clst": "--set methods.clst.w_cl=0.5",
+               "methods.clst.w_cl": "--set methods.clst.w_cl=0.5"}
+    assert str(blame(ConfigError("methods.daformer.fd = true is not allowed"), origins)) == \
+        "methods.daformer.fd = true is not allowed"
+    assert str(blame(ConfigError("methods.clst.tau = 0 is not allowed"), origins)).startswith("--set methods.clst")

@@ -45,6 +45,7 @@ def test_run_writes_a_complete_run_directory(workdir):
     assert rec["subsets"] == ["19"] and rec["convention"] == "A" and rec["uda"] is True
     assert rec["eval"]["network"] == "student" and rec["eval"]["checkpoint"] == "last"
     assert rec["eval"]["input_size"] == [32, 64] and rec["eval"]["images"] == 3
+    assert rec["eval"]["label_size"] == [48, 96]  # logits upsampled to the labels' own size
     assert set(rec["iou"]) >= {"road", "bicycle"} and 0 <= rec["miou"]["19"] <= 100
     assert rec["compute"]["images_per_second"] > 0 and rec["compute"]["gpu_hours"] == 0
     per_image = np.load(run / "per_image.npz")

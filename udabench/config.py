@@ -280,7 +280,10 @@ def blame(exc: ConfigError, origins: dict[str, str]) -> ConfigError:
     if key is None:
         return ConfigError(msg)
     parts = key.split(".")
-    for n in range(len(parts), 0, -1):
+    # [methods.<name>] and [benchmarks.<name>] are tables of their own: a value of one method is
+    # never blamed on a --set of another (their common prefix "methods" says nothing)
+    floor = 2 if parts[0] in ("methods", "benchmarks") and len(parts) > 1 else 1
+    for n in range(len(parts), floor - 1, -1):
         where = origins.get(".".join(parts[:n]))
         if where:
             return ConfigError(f"{where}: {msg}")

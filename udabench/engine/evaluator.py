@@ -41,6 +41,12 @@ class EvalResult:
     matrix: np.ndarray
     ids: list[str] = field(default_factory=list)
     per_image: list[np.ndarray] = field(default_factory=list)
+    label_sizes: dict[tuple[int, int], int] = field(default_factory=dict)  # (H, W) -> images
+
+    @property
+    def label_size(self) -> tuple[int, int] | None:
+        """The label resolution of most images (logits are upsampled to each label's own size)."""
+        return max(self.label_sizes, key=self.label_sizes.get) if self.label_sizes else None
 
     def score(self, subsets: tuple[str, ...], convention: str) -> Score:
         from udabench.metrics import score_matrix
@@ -96,6 +102,12 @@ def evaluate(
     meter = ConfusionMeter(device=device, keep_per_image=True)
     was_training = net.training
     net.eval()
+    # torch.compile'd training graphs are not reused for no-grad evaluation (inductor on the CPU
+    # fails on them in torch 2.14): evaluate the module's own forward.
+    compiled = getattr(net, "_compiled_call_impl", None)
+    if compiled is not None:
+        net._compiled_call_impl = None
+    sizes: dict[tuple[int, int], int] = {}
     columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         with Progress(*columns, transient=True, disable=not progress or rank != 0) as bar:
@@ -103,11 +115,15 @@ def evaluate(
             for sample in loader:
                 image = sample["image"].unsqueeze(0).to(device)
                 label = sample["label"].to(device)
-                pred = predict(net, image, tuple(label.shape[-2:]), settings, amp_dtype)[0]
+                size = tuple(label.shape[-2:])
+                sizes[size] = sizes.get(size, 0) + 1
+                pred = predict(net, image, size, settings, amp_dtype)[0]
                 meter.update(pred, label, image_id=sample["id"])
                 bar.advance(task)
     finally:
         net.train(was_training)
+        if compiled is not None:
+            net._compiled_call_impl = compiled
     ids, per_image = meter.image_ids, meter.per_image
     if world_size > 1:
         meter.all_reduce()
@@ -115,4 +131,4 @@ def evaluate(
         torch.distributed.all_gather_object(gathered, (ids, per_image))
         ids = [i for part in gathered for i in part[0]]
         per_image = [m for part in gathered for m in part[1]]
-    return EvalResult(meter.matrix.cpu().numpy(), ids, per_image)
+    return EvalResult(meter.matrix.cpu().numpy(), ids, per_image, sizes)

@@ -208,6 +208,10 @@ class Run:
         except BaseException:
             trainer.trackers.close()
             raise
+        finally:  # free the loader workers now (a dropped loader waits for the garbage collector)
+            for loader in (source, target):
+                if loader is not None:
+                    loader.close()
         # Training is over: a stop signal now (a scheduler's time limit) must not lose the
         # evaluation; it is held until the result is on disk, then the run ends normally.
         with hold_stop_signals():
@@ -274,7 +278,7 @@ class Run:
             "iou_convention": {k: v * 100 for k, v in score.iou_convention.items()},
             "pixel_accuracy": score.pixel_accuracy * 100,
             "eval": {**eval_settings.describe(), "network": network, "checkpoint": "last",
-                     "images": len(result.ids)},
+                     "images": len(result.ids), "label_size": list(_label_size(result))},
             "checkpoints": {"best": dict(trainer.best) if trainer.best else None,
                             "kept": [p.name for p in self.run_dir.periodic_checkpoints()]},
             "model": segmenter.describe() if hasattr(segmenter, "describe") else {},
@@ -364,6 +368,12 @@ def hold_stop_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _label_size(result: Any) -> tuple[int, ...]:
+    """The label resolution logits were upsampled to, as the evaluator saw it (H, W), or ()."""
+    size = getattr(result, "label_size", None)
+    return tuple(size) if size else ()
 
 
 def check_validation_set(bench: Any, val: Any) -> list[str]:
