@@ -309,9 +309,17 @@ def test_benchmark_method_defaults_yield_to_user_settings(tmp_path):
     from udabench.benchmarks import MINICITY_DEFAULTS
     from udabench.engine.runner import resolve_plan
 
-    lr = MINICITY_DEFAULTS.method_settings("source-only", {"lr"})["lr"]
+    # MiniCity scales every recipe rate alike: 40 x 2.5e-4 = 0.01; CBST's 5e-5 -> 2e-3; D 1e-4 -> 4e-3
+    assert MINICITY_DEFAULTS.lr_scale == 40.0
     plan = resolve_plan("source-only", "minicity-gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
-    assert plan.method_config["lr"] == lr
+    assert plan.method_config["lr"] == pytest.approx(0.01)
+    cbst = resolve_plan("self-training", "minicity-gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    adv = resolve_plan("adversarial", "minicity-gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    assert cbst.method_config["lr"] == pytest.approx(2e-3) and adv.method_config["d_lr"] == pytest.approx(4e-3)
+    assert plan.model.init == "minicity-pretrained"
+    daf = resolve_plan("daformer", "minicity-gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    assert (daf.model.backbone, daf.model.head, daf.model.head_channels) == ("mit-tiny", "daformer", 32)
+    assert daf.method_config["lr"] == pytest.approx(6e-5 * 40)
     plan = resolve_plan("source-only", "minicity-gta2cs", 0, TrainConfig(), {}, {"lr": 0.5}, {}, tmp_path, tmp_path)
     assert plan.method_config["lr"] == 0.5
     plan = resolve_plan("source-only", "gta2cs", 0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)

@@ -93,8 +93,11 @@ def make_trainer(method: str, data_root: Path, run_path: Path) -> Trainer:
     settings = LoopSettings(iters=FIRST, decay_iters=plan.train.decay_iters, grad_accum=1,
                             log_every=1, checkpoint_every=FIRST, eval_every=0, clip_grad=0.0,
                             amp_dtype=None, use_scaler=False)
-    trainer = Trainer(built, InfiniteLoader(source, 2, plan.seed, "source"), target, settings,
-                      run_dir, torch.device("cpu"), progress=False)
+    source_loader = InfiniteLoader(source, 2, plan.seed, "source")
+    if built.source_sampler() is not None:  # as the runner does: the method picks source images
+        source_loader.set_sampler(built.source_sampler())
+    trainer = Trainer(built, source_loader, target, settings, run_dir, torch.device("cpu"),
+                      progress=False)
     # the context a method gets has label-free target views only
     ctx = built.ctx
     for view in (ctx.target_images, ctx.target_view(1.0) if ctx.target_view else None):
