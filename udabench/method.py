@@ -1,4 +1,4 @@
-"""The method interface: the plug-in contract every UDA method implements (design.md).
+"""The method interface: the plug-in contract every UDA method implements (docs/extending.md).
 
 A method is one class in one file, registered with ``@register_method("name")``, with a dataclass
 of hyperparameters (``Config``) whose defaults are the published recipe. It is an ``nn.Module`` so

@@ -1,4 +1,4 @@
-"""Exact mIoU scoring (protocol.md section 5): one streaming 19x19 confusion matrix.
+"""Exact mIoU scoring (docs/protocol.md section 5): one streaming 19x19 confusion matrix.
 
 Rows are ground truth, columns are predictions; ground-truth 255 is ignored. IoU of a class with
 zero union is NaN and left out of every mean. mIoU19/16/13 all come from the same matrix; the two

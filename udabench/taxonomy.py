@@ -1,6 +1,6 @@
 """The one label space of udabench: the 19 Cityscapes trainIds, 255 = ignore.
 
-Constants follow ../shared/spec/protocol.md sections 1, 3 and 7 (and the official
+Constants follow docs/protocol.md sections 1, 3 and 7 (and the official
 ``cityscapesscripts.helpers.labels``, checked by a test when that package is installed).
 All lookup tables are 1-D uint8 numpy arrays indexed by the source id; unknown ids map to 255.
 """
@@ -46,7 +46,7 @@ CLASSES: tuple[ClassInfo, ...] = (
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 TRAIN_ID_BY_NAME: dict[str, int] = {c.name: c.train_id for c in CLASSES}
 
-# Subsets by name (protocol.md section 1); trainIds derived from the names so the two cannot drift.
+# Subsets by name (docs/protocol.md section 1); trainIds derived from the names so the two cannot drift.
 _NOT_IN_16 = ("terrain", "truck", "train")
 _NOT_IN_13 = _NOT_IN_16 + ("wall", "fence", "pole")
 SUBSET_NAMES: dict[str, tuple[str, ...]] = {
@@ -73,7 +73,7 @@ LABEL_ID_COLORS: dict[int, tuple[int, int, int]] = {
     33: (119, 11, 32),
 }
 
-# SYNTHIA-RAND-CITYSCAPES class id -> trainId (protocol.md section 3).
+# SYNTHIA-RAND-CITYSCAPES class id -> trainId (docs/protocol.md section 3).
 SYNTHIA_ID_TO_TRAIN_ID: dict[int, int] = {
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9,
     1: 10, 10: 11, 17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18,
@@ -96,7 +96,7 @@ GTA5_ID_TO_TRAIN_ID: np.ndarray = LABEL_ID_TO_TRAIN_ID
 SYNTHIA_TO_TRAIN_ID: np.ndarray = _lut(65536, SYNTHIA_ID_TO_TRAIN_ID)
 # trainId -> labelId for export to the official evaluator; ignore becomes 0 ("unlabeled").
 TRAIN_ID_TO_LABEL_ID: np.ndarray = _lut(256, {c.train_id: c.label_id for c in CLASSES}, fill=0)
-# Compact 16-way head (older SYNTHIA code, protocol.md section 7) -> 19-space trainIds.
+# Compact 16-way head (older SYNTHIA code, docs/protocol.md section 7) -> 19-space trainIds.
 COMPACT16_TO_TRAIN_ID: np.ndarray = np.array(SUBSETS["16"], dtype=np.uint8)
 COMPACT16_TO_TRAIN_ID.setflags(write=False)
 

@@ -1,5 +1,5 @@
 """Evaluation at the benchmark's protocol: resize the input, upsample logits to the label size,
-argmax, one streaming confusion matrix (protocol.md section 5).
+argmax, one streaming confusion matrix (docs/protocol.md section 5).
 
 The size rule (docs/datasets.md): every prediction is made at its own label's size, whatever the
 image's size, so a validation label whose size differs from its image is scored as it is, never

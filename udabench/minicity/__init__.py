@@ -1,4 +1,4 @@
-"""MiniCity: a seeded, deterministic procedural street-scene benchmark (design.md, "The procedural
+"""MiniCity: a seeded, deterministic procedural street-scene benchmark (docs/protocol.md, "The procedural
 benchmark"). Scenes follow the Cityscapes class layout in a flat "game" style (sources, like GTA5 and
 SYNTHIA) and a textured, noisy, differently lit "real" style (target, like Cityscapes), and are
 written in the real on-disk formats so the real loaders run on them.

@@ -1,5 +1,5 @@
 """Writing MiniCity scenes in the real on-disk formats of GTA5, SYNTHIA-RAND-CITYSCAPES and
-Cityscapes (protocol.md sections 2-4), so that udabench's real loaders read them unchanged.
+Cityscapes (docs/protocol.md sections 2-4), so that udabench's real loaders read them unchanged.
 
 PNGs are encoded by a small numpy + zlib writer rather than torchvision/Pillow, measured on
 512x1024 RGB: torchvision's encode_png (libpng, adaptive filters) takes ~29 ms even at level 0 and

@@ -1,4 +1,4 @@
-"""Output-space discriminator of AdaptSegNet / AdvEnt (methods.md, "Shared network")."""
+"""Output-space discriminator of AdaptSegNet / AdvEnt (docs/methods.md)."""
 from __future__ import annotations
 
 import torch

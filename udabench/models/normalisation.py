@@ -1,6 +1,6 @@
 """Input normalisation: [0, 1] RGB -> what a backbone's weights were trained on.
 
-protocol.md section 6: the normalisation belongs to the weights, not to the dataset.
+docs/protocol.md section 6: the normalisation belongs to the weights, not to the dataset.
 """
 from __future__ import annotations
 
