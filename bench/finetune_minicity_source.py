@@ -61,13 +61,17 @@ def miou(seg, images: torch.Tensor, labels: torch.Tensor) -> float:
     return float((inter[present] / union[present].double()).mean() * 100)
 
 
-def train(init: str, backbone: str, head: str, seed: int, iters: int, data) -> float:
+def train(init: str, backbone: str, head: str, seed: int, iters: int, data, lr: float = 0.01,
+          bn_mode: str = "frozen_affine", gamma_one: bool = False) -> float:
     images, labels, test_images, test_labels = data
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    seg = build_segmenter(SegmenterConfig(backbone=backbone, init=init, bn_mode="frozen_affine",
+    seg = build_segmenter(SegmenterConfig(backbone=backbone, init=init, bn_mode=bn_mode,
                                           head=head), CLASSES)
-    lr = 0.01
+    if gamma_one:  # undo timm's zero-initialised last BN scale of each residual branch
+        for bn in seg.batchnorms():
+            with torch.no_grad():
+                bn.weight.fill_(1.0)
     opt = torch.optim.SGD(seg.param_groups(lr), lr=lr, momentum=0.9, weight_decay=5e-4)
     seg.train()
     for it in range(iters):
@@ -95,6 +99,10 @@ def main() -> None:
     ap.add_argument("--test-scenes", type=int, default=100)
     ap.add_argument("--weights", type=Path, default=None,
                     help="a weights file instead of the shipped (checksummed) one")
+    ap.add_argument("--lr", type=float, default=0.01, help="MiniCity's 0.01 by default")
+    ap.add_argument("--bn-mode", default="frozen_affine", help="MiniCity's frozen_affine by default")
+    ap.add_argument("--inits", default="pretrained,scratch",
+                    help="any of pretrained, scratch, scratch-gamma1 (every BN scale 1)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     print(machine_line(), flush=True)
@@ -104,15 +112,20 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{args.backbone}: {args.iters} iterations on {args.scenes} MiniCity source scenes, "
           f"mIoU19 on {args.test_scenes} held-out source scenes", flush=True)
-    for name, init in (("pretrained", str(path)), ("scratch", "scratch")):
+    print(f"lr {args.lr}, bn_mode {args.bn_mode}", flush=True)
+    known = {"pretrained": (str(path), False), "scratch": ("scratch", False),
+             "scratch-gamma1": ("scratch", True)}
+    for name in args.inits.split(","):
+        init, gamma_one = known[name]
         results = []
         for seed in seeds:
             t0 = time.perf_counter()
             head = args.head or ("daformer" if args.backbone.startswith("mit") else "aspp")
-            results.append(train(init, args.backbone, head, seed, args.iters, data))
-            print(f"  {name:10s} seed {seed}: {results[-1]:.1f} ({time.perf_counter() - t0:.0f} s)",
+            results.append(train(init, args.backbone, head, seed, args.iters, data, args.lr,
+                                 args.bn_mode, gamma_one))
+            print(f"  {name:14s} seed {seed}: {results[-1]:.1f} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
-        print(f"{name:10s} mean {np.mean(results):.1f} +- {np.std(results):.1f}", flush=True)
+        print(f"{name:14s} mean {np.mean(results):.1f} +- {np.std(results):.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ CASES: dict[str, Case] = {
     "eval a path that is no run": Case(lambda w: ["eval", str(w.root / "udabench.toml")],
                                        ("udabench.toml",)),
     "NaN loss (lr 1e30)": Case(lambda w: RUN + ["--set", "methods.source-only.lr=1e30", "--iters", "4"],
-                               ("became", "lower the learning rate"),
+                               ("became", "lower learning rate"),
                                writes=("runs/**",)),
     "non-finite setting (lr nan)": Case(lambda w: RUN + ["--set", "methods.source-only.lr=nan"],
                                         ("methods.source-only.lr", "finite")),

@@ -239,9 +239,9 @@ def test_rare_class_sampling_through_the_context(tmp_path):
     assert m.sampler.image_weights().tolist() == pytest.approx(
         RareClassSampler(COUNTS, 0.1, 3000).image_weights().tolist())
     source, target = batches(size=(16, 16))
-    with pytest.raises(UserError, match="rcs_class"):
+    with pytest.raises(UserError, match="sampled_class"):
         m.training_step(source, target, 0)
-    source["rcs_class"] = torch.tensor([3, 5])
+    source["sampled_class"] = torch.tensor([3, 5])
     assert torch.isfinite(m.training_step(source, target, 0).losses["model"])
     with pytest.raises(UserError, match="class counts"):
         DAFormer(tiny_segmenter(), cfg, context(tmp_path))

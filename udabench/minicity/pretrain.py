@@ -308,6 +308,7 @@ def write_weights(result: PretrainResult, cfg: PretrainConfig, out_dir: Path, co
     tmp = out_dir / f".{path.name}.tmp"
     save_file(result.state_dict, str(tmp), metadata={"backbone": cfg.backbone,
                                                       "generator_key": cfg.data.key()})
+    os.chmod(tmp, 0o644)  # package data, readable by all (safetensors writes 0600)
     os.replace(tmp, path)
     meta = {
         "format": pretrained.SIDECAR_FORMAT,
