@@ -8,11 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from udabench.engine.checkpoint import load_checkpoint
 from udabench.engine.loggers import Trackers, open_trackers

@@ -131,7 +131,7 @@ def test_cancel_then_rerun_resumes_and_keeps_name_and_tags(work):
     assert r.exit_code == 0 and "1 to resume" in r.stdout, r.output
     (run,) = run_dirs(work / "cancelled").values()
     log = (work / "cancel.sweep" / "logs" / f"{row['id']}.log").read_text()
-    assert f"attempt 2 " in log and f"run --resume {run}" in log and "resuming" in log
+    assert "attempt 2 " in log and f"run --resume {run}" in log and "resuming" in log
     record = json.loads((run / "result.json").read_text())
     assert (record["name"], record["tags"], record["iters"]) == ("long", ["local", "resumed"], 60)
     listed = cli("runs", "--reindex", "--format", "json", "--output-dir", str(work / "cancelled"))

@@ -29,7 +29,7 @@ LONG = 3000  # longer than the time limit allows
 
 def spec(work: Path, name: str, body: str, time_limit: int = 10, delay: int = 60) -> Path:
     path = work / f"{name}.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(textwrap.dedent("""
         [sweep]
         benchmarks = ["minicity-gta2cs"]
         config = "udabench.toml"
