@@ -256,6 +256,11 @@ class SelfTraining(Method):
         seg.eval()
         try:
             n, h, w = self._label_shape()
+            # The temporary exists for the whole labelling (both passes): a kill anywhere in it
+            # leaves only a .tmp, which the resumed run overwrites.
+            tmp = path.with_name(path.name + ".tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w))
             if c.threshold == "global":
                 thresholds = torch.full((self.ctx.num_classes,), float(c.global_threshold))
             else:
@@ -263,9 +268,6 @@ class SelfTraining(Method):
                 for batch in self._loader():
                     collector.add(self._probs(batch, (h, w)))
                 thresholds = collector.thresholds(portion, c.threshold_rank)
-            tmp = path.with_name(path.name + ".tmp")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w))
             for batch in self._loader():  # second pass: same inputs, same network, same probs
                 labels = pseudo_labels(self._probs(batch, (h, w)), thresholds).cpu().numpy()
                 for i, idx in enumerate(torch.as_tensor(batch["index"]).tolist()):

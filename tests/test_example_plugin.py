@@ -148,7 +148,7 @@ log_every = 1
 """)
     call(venv, "-m", "udabench", "run", METHOD, "--benchmark", "example-minicity-strong",
          "--iters", "2", "--set", "model.backbone=example-plain-cnn",
-         "--set", "model.head=example-fpn-lite", cwd=tmp_path)
+         "--set", "model.head=example-fpn-lite", "--set", "model.init=scratch", cwd=tmp_path)
     record = one_result(tmp_path / "runs")
     assert (record["method"], record["benchmark"], record["iters"]) == (METHOD, "example-minicity-strong", 2)
     assert record["model"]["backbone"] == "example-plain-cnn"

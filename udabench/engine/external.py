@@ -76,7 +76,10 @@ def evaluate_external(path: Path, benchmark: str, model_overrides: dict[str, Any
     if benchmark_overrides:  # [benchmarks.<name>] of udabench.toml, as for a run
         bench = bench.with_overrides(benchmark_overrides)
     fmt = detect_format(path) if fmt == "auto" else fmt
-    model = apply_overrides(SegmenterConfig(), bench.defaults.model_settings(), "model")
+    # The weights replace whatever the benchmark would initialise from (e.g. MiniCity's shipped
+    # weights, which exist for its default backbones only): never ask for an init file here.
+    model = apply_overrides(SegmenterConfig(), {**bench.defaults.model_settings(), "init": "scratch"},
+                            "model")
     model = apply_overrides(model, model_overrides, "model")
     placement = place(device or "auto")
     amp_dtype, _ = amp_settings("auto", placement.device)

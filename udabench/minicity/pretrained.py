@@ -47,7 +47,8 @@ def sidecar(backbone: str, folder: Path | None = None) -> dict:
     names = available(folder)
     if backbone not in names:
         raise UserError(f"no MiniCity-pretrained weights for backbone '{backbone}' (shipped: "
-                        f"{', '.join(names) or 'none'}); build them with `{rebuild_command(backbone)}`")
+                        f"{', '.join(names) or 'none'}); build them with `{rebuild_command(backbone)}` "
+                        f"or start from random weights with --set model.init=none")
     path = folder / f"{backbone}.json"
     try:
         meta = json.loads(path.read_text())
