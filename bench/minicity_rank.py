@@ -3,8 +3,9 @@
     python bench/minicity_rank.py --out runs-minicity [--benchmark minicity-gta2cs] [--resamples 2000]
 
 The published order on GTA5 -> Cityscapes for the methods MiniCity runs (DeepLabV2-R101, the
-papers' tables; reported.json): source-only 36.6 < AdaptSegNet 42.4 < AdvEnt 43.8 < CBST 46.47 <
-CLST 51.6, and the target-supervised oracle above all. Here each is a run name or method word of
+papers' tables; reported.json): source-only 36.6 < AdaptSegNet 42.4 < AdvEnt 43.8 < CBST 46.47,
+then CLST (its paper places it above CBST; udabench ships no CLST number, see docs/methods.md),
+and the target-supervised oracle above all. Here each is a run name or method word of
 the MiniCity table's sweep (bench/minicity_table.toml).
 
 Prints, per benchmark: the mean headline mIoU over seeds of each method, Kendall's tau between the
@@ -38,7 +39,7 @@ def side_matrices(records: list[dict]) -> tuple[np.ndarray, list[str]]:
     """[seeds, images, C, C] per-image confusion matrices of one configuration, images aligned."""
     from udabench.results.compare import load_per_image
 
-    loaded = [load_per_image(r) for r in records]
+    loaded = [load_per_image(r["run_dir"]) for r in records]
     ids = loaded[0][0]
     for other, _ in loaded[1:]:
         if not np.array_equal(other, ids):
@@ -98,7 +99,7 @@ def main() -> None:
         classes = sorted(SUBSETS[headline])
         means = [float(miou(m.sum(1), classes).mean()) for _, _, m in found]
         ranks = list(range(len(found)))  # the published order
-        print(f"\n{bench} (mIoU{headline}, {len(found[0][1].records)} seeds; published order, worst first)")
+        print(f"\n{bench} (mIoU{headline}, mean over each method's seeds; published order, worst first)")
         for (label, side, _), m in zip(found, means):
             print(f"  {label:12s} {m:6.1f}   ({side.label}, seeds {','.join(map(str, side.seeds))})")
         print(f"  Kendall tau (published order vs MiniCity means): {kendall_tau(ranks, means):+.2f}")
