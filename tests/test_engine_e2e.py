@@ -175,6 +175,9 @@ def test_self_training_starts_from_a_finished_source_only_run(workdir):
             for d in (workdir / "runs" / "minicity-gta2cs" / "self-training").iterdir()]
     assert sorted(str(x["init_from"] and x["init_from"]["run_id"]) for x in recs if x["seed"] == 0) == sorted(
         [src.name, src.name, "None"])
+    # seeds 0 and 1, each from its own seed's source-only run, are one configuration (one row)
+    warm = {x["seed"]: x["config_hash"] for x in recs if x["init_from"] and x["name"] != "cbst"}
+    assert warm[0] == warm[1]
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from udabench.models import SegmenterConfig
 from udabench.registry import BENCHMARKS, METHODS
 
 # Settings that change where/how fast a run goes but not its numbers: left out of the config hash
-# (init_from enters it as the checksum of the weights it resolved to, see RunPlan.config_hash).
+# (init_from enters it through init_identity, see RunPlan.config_hash).
 NOT_HASHED = ("num_workers", "log_every", "eval_every", "checkpoint_every", "device", "compile",
               "init_from", "keep_checkpoints", "best_checkpoint", "loggers", "wandb_project",
               "wandb_mode")
@@ -69,7 +69,7 @@ class RunPlan:
             "train": train, "model": self.model.hash_dict(), "method_config": self.method_config,
         }
         if self.init_from:  # only when used, so runs without it keep the hashes they always had
-            payload["init_from"] = self.init_from.get("sha256")
+            payload["init_from"] = init_identity(self.init_from, self.seed)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @classmethod
@@ -212,7 +212,20 @@ def _finished_run(run_dir: Path, token: str) -> dict[str, Any]:
         raise UserError(f"train.init_from = {token!r}: {checkpoint} does not exist")
     record = json.loads((run_dir / "result.json").read_text())
     return {"run_id": record.get("run_id", run_dir.name), "run_dir": str(run_dir.resolve()),
-            "method": record.get("method"), "checkpoint": str(checkpoint.resolve())}
+            "method": record.get("method"), "checkpoint": str(checkpoint.resolve()),
+            "config_hash": record.get("config_hash"), "seed": record.get("seed")}
+
+
+def init_identity(init: dict[str, Any], seed: int) -> Any:
+    """What ``init_from`` contributes to a run's config hash. A finished run enters as its
+    *configuration* (its config hash) and whether it had this run's seed, not as its weights'
+    checksum: CBST seeds 0-2, each started from the source-only run of its own seed, are one
+    configuration with three seeds (their weights differ by seed, as every run's do). A plain
+    weights file, or a run recorded before its config hash was, enters as the file's sha256."""
+    if init.get("config_hash") and init.get("seed") is not None:
+        same = int(init["seed"]) == int(seed)
+        return {"run_config": init["config_hash"], "seed": "same" if same else int(init["seed"])}
+    return init.get("sha256")
 
 
 def resolve_init_from(token: str, output_dir: Path) -> dict[str, Any] | None:
@@ -224,7 +237,8 @@ def resolve_init_from(token: str, output_dir: Path) -> dict[str, Any] | None:
     if path.is_dir():
         found = _finished_run(path, token)
     elif path.is_file():
-        found = {"run_id": None, "run_dir": None, "method": None, "checkpoint": str(path.resolve())}
+        found = {"run_id": None, "run_dir": None, "method": None, "checkpoint": str(path.resolve()),
+                 "config_hash": None, "seed": None}
     else:
         from udabench.results.view import load_records
 
