@@ -186,3 +186,36 @@ def test_a_stop_signal_during_the_final_evaluation_is_held_until_the_result_is_w
         os.kill(os.getpid(), signal.SIGUSR1)
     assert held == [signal.SIGTERM, signal.SIGUSR1]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoints(tmp_path):
+    """`sweep cancel`, scancel and Slurm's warning signal every process of the job: the loader
+    workers must leave the signal to the run (which checkpoints, exit 143), not die of it first."""
+    data = tmp_path / "data"
+    (tmp_path / "udabench.toml").write_text(tiny_toml(data, tmp_path / "runs", iters=40, log_every=4,
+                                                      checkpoint_every=100))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("UDABENCH_DATA", None)
+    args = ["run", "source-only", "-b", "minicity-gta2cs", "--set", "train.num_workers=2"]
+    straight = subprocess.run([sys.executable, "-m", "udabench", *args, "--out", "straight"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    log = open(tmp_path / "job.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "udabench", *args, "--out", "cut"], cwd=tmp_path,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while "step 8/40" not in (tmp_path / "job.log").read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # the run and its loader workers, as scancel does
+    assert proc.wait(timeout=120) == 143, (tmp_path / "job.log").read_text()[-2000:]
+    text = (tmp_path / "job.log").read_text()
+    assert "stopped by SIGTERM at iteration" in text and "Traceback" not in text
+    cut = next((tmp_path / "cut").glob("*/*/*/config.json")).parent
+    resumed = subprocess.run([sys.executable, "-m", "udabench", "run", "--resume", str(cut)], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads(next((tmp_path / "straight").glob("*/*/*/result.json")).read_text())
+    b = json.loads((cut / "result.json").read_text())
+    assert a["iou"] == b["iou"] and a["miou"] == b["miou"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 from typing import Any, Iterator
 
 import numpy as np
@@ -65,6 +66,19 @@ class SampledClass(torch.utils.data.Dataset):
         return {**sample, "sampled_class": cls}
 
 
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+
+def leave_stop_signals_to_the_run(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores SIGTERM/SIGUSR1. `sweep cancel`,
+    scancel and Slurm's time-limit warning signal the whole process group; the run's main
+    process answers by writing a checkpoint (exit 143) and then shuts its workers down itself. A
+    worker that died of the signal first would fail the run instead. (Workers still exit when
+    the main process is gone: PyTorch's worker loop watches its parent.)"""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class _WorkerInit:
     """Seeds the global RNGs of each worker from the run seed (picklable for spawn)."""
 
@@ -72,6 +86,7 @@ class _WorkerInit:
         self.seed, self.domain, self.rank = seed, domain, rank
 
     def __call__(self, worker_id: int) -> None:
+        leave_stop_signals_to_the_run(worker_id)
         s = sample_seed(self.seed, self.domain, self.rank, "worker", worker_id)
         torch.manual_seed(s)
         random.seed(s)

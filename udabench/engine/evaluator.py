@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from udabench.data.loaders import leave_stop_signals_to_the_run
 from udabench.metrics import ConfusionMeter, Score
 
 
@@ -52,6 +53,11 @@ class EvalResult:
         from udabench.metrics import score_matrix
 
         return score_matrix(self.matrix, subsets, convention)
+
+
+def _first(batch: list) -> object:
+    """Collate of a batch of one sample: the sample itself."""
+    return batch[0]
 
 
 def _logits(net: nn.Module, image: torch.Tensor, size: tuple[int, int], align: bool) -> torch.Tensor:
@@ -98,7 +104,8 @@ def evaluate(
     """Score ``net`` (put in eval mode for the duration) on ``dataset`` (image + label samples)."""
     indices = list(range(rank, len(dataset), world_size))
     subset = torch.utils.data.Subset(dataset, indices)
-    loader = DataLoader(subset, batch_size=1, num_workers=num_workers, collate_fn=lambda b: b[0])
+    loader = DataLoader(subset, batch_size=1, num_workers=num_workers, collate_fn=_first,
+                        worker_init_fn=leave_stop_signals_to_the_run)
     meter = ConfusionMeter(device=device, keep_per_image=True)
     was_training = net.training
     net.eval()

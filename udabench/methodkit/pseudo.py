@@ -98,7 +98,7 @@ def batch_window_labels(store: np.ndarray, target: dict) -> torch.Tensor:
 
 def ordered_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
     """Batches of a (label-free) dataset in index order, for pseudo-labelling passes."""
-    from udabench.data.loaders import collate
+    from udabench.data.loaders import collate, leave_stop_signals_to_the_run
 
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate)
+                      collate_fn=collate, worker_init_fn=leave_stop_signals_to_the_run)
