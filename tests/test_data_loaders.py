@@ -154,3 +154,25 @@ def _restored_state(loader, after):
     fresh.set_sampler(_EvenSampler())
     _take(fresh, after)
     return fresh.state_dict()
+
+
+def test_a_process_exits_with_a_loader_still_open():
+    """Workers ignore SIGTERM (leave_stop_signals_to_the_run); multiprocessing ends daemonic
+    children at exit with SIGTERM and then waits for them, so a process that still held an open
+    loader iterator at exit waited forever (found as CI's pytest hanging after its summary)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        from torch.utils.data import DataLoader
+        from udabench.data.loaders import leave_stop_signals_to_the_run
+        loader = DataLoader(list(range(100)), batch_size=2, num_workers=2,
+                            worker_init_fn=leave_stop_signals_to_the_run)
+        KEPT = iter(loader)
+        next(KEPT)
+        print("leaving")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0 and done.stdout.strip() == "leaving", done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

@@ -8,7 +8,10 @@ loader restored from ``state_dict()`` yields exactly the batches that would have
 """
 from __future__ import annotations
 
+import atexit
 import math
+import multiprocessing
+import multiprocessing.util  # registers its exit hook now, so _end_workers_at_exit runs before it
 import random
 import signal
 from typing import Any, Iterator
@@ -77,6 +80,20 @@ def leave_stop_signals_to_the_run(worker_id: int = 0) -> None:
     the main process is gone: PyTorch's worker loop watches its parent.)"""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+@atexit.register
+def _end_workers_at_exit() -> None:
+    """At interpreter exit multiprocessing ends every daemonic child with SIGTERM and then waits
+    for it; a loader still open then (an iterator something kept a reference to) has workers
+    that ignore SIGTERM, and the wait would never end. Kill them first, as SIGTERM would have.
+    (atexit runs this before multiprocessing's own hook, which was registered earlier.)"""
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if children and hasattr(signal, "SIGCHLD"):  # PyTorch's SIGCHLD handler would raise for each
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+        child.join(timeout=5)
 
 
 class _WorkerInit:
