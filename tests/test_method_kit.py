@@ -94,3 +94,33 @@ def test_registration_names_the_config_table():
             register_method("kit-test-other")(Other)
     finally:
         METHODS._entries.pop("kit-test-plain", None)
+
+
+def test_a_method_without_training_step_is_refused_before_anything_is_built(tmp_path):
+    """A plug-in that forgot training_step fails while planning (one line, no run
+    directory, non-zero exit), not at step 1 after the data and the model were built."""
+    from dataclasses import dataclass
+
+    from click.testing import CliRunner
+
+    from udabench.cli import main
+    from udabench.method import OptimConfig, register_method
+    from udabench.registry import METHODS
+
+    @dataclass
+    class NoStepConfig(OptimConfig):
+        pass
+
+    class NoStep(Method):
+        Config = NoStepConfig
+
+    try:
+        register_method("kit-test-no-step")(NoStep)
+        result = CliRunner().invoke(main, ["run", "kit-test-no-step", "--benchmark", "minicity-gta2cs",
+                                           "--out", str(tmp_path / "out")])
+    finally:
+        METHODS._entries.pop("kit-test-no-step", None)
+    assert result.exit_code != 0, result.output
+    assert "defines no training_step" in result.output and "NoStep" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -95,6 +95,16 @@ def method_schedule(method_cls: Any, method_cfg: Any, bench: Any) -> dict[str, i
     return dict(method_cls.published_schedule(method_cfg, bench))
 
 
+def require_training_step(name: str, method_cls: type) -> None:
+    """A method (a plug-in's too) must define ``training_step``: refused while planning, not at
+    step 1 of a run whose data and model were already built."""
+    from udabench.method import Method
+
+    if getattr(method_cls, "training_step", None) is Method.training_step:
+        raise UserError(f"method '{name}' ({method_cls.__module__}.{method_cls.__name__}) defines "
+                        "no training_step(source, target, step); add it (docs/extending.md)")
+
+
 def resolve_plan(
     method: str, benchmark: str, seed: int, train: TrainConfig, model_overrides: dict[str, Any],
     method_overrides: dict[str, Any], benchmark_overrides: dict[str, Any], data_root: Path,
@@ -109,6 +119,7 @@ def resolve_plan(
     if benchmark_overrides:  # a changed protocol gets its own spec hash, so it never mixes
         bench = bench.with_overrides(benchmark_overrides)
     method_cls = METHODS.get(method)
+    require_training_step(method, method_cls)
     d = bench.defaults
     origins = dict(origins or {})
     known = {f.name for f in dataclasses.fields(method_cls.Config)}
