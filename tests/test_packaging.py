@@ -29,6 +29,10 @@ def test_wheel_outside_repo_lists_and_imports_methods(tmp_path):
     wheel = next(tmp_path.glob("udabench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "udabench/methods/source_only.py" in names
+    # MiniCity's default initialisation ships inside the package (its runs load it by default)
+    for backbone in ("resnet-tiny", "mit-tiny"):
+        assert f"udabench/minicity/weights/{backbone}.safetensors" in names
+        assert f"udabench/minicity/weights/{backbone}.json" in names
     assert "udabench/results/reported.json" in names or not (REPO / "udabench/results").exists()
     # A venv that sees the running interpreter's packages (torch...) whether the tests run from a
     # system Python or from a venv (tests/venvkit.py); the wheel installed into it must win over
