@@ -216,37 +216,28 @@ class Run:
         # evaluation; it is held until the result is on disk, then the run ends normally.
         with hold_stop_signals():
             try:
-                record = self._finish(trainer, run_eval, bench, method_cls, segmenter, eval_settings,
-                                      placement, micro, accum, amp_dtype, channels_last, val_ids,
-                                      source_ds, sets, data_root, extra)
+                eval_started = time.perf_counter()
+                scalars, (network, result, score) = run_eval(trainer.step)
+                eval_seconds = time.perf_counter() - eval_started
+                if placement.is_main:
+                    trainer.trackers.scalars(trainer.step, scalars)
+                trainer._track_best(scalars, extra)  # the last evaluation competes for best.pt too
             finally:
                 trainer.trackers.close()
-        return record
-
-    def _finish(self, trainer, run_eval, bench, method_cls, segmenter, eval_settings, placement,
-                micro, accum, amp_dtype, channels_last, val_ids, source_ds, sets, data_root,
-                extra) -> dict[str, Any]:
-        """The final evaluation, the result record, the per-image matrices and the index."""
-        plan = self.plan
-        eval_started = time.perf_counter()
-        scalars, (network, result, score) = run_eval(trainer.step)
-        eval_seconds = time.perf_counter() - eval_started
-        if placement.is_main:
-            trainer.trackers.scalars(trainer.step, scalars)
-        trainer._track_best(scalars, extra)  # the last evaluation competes for best.pt too
-        record = self._record(bench, method_cls, segmenter, network, result, score, eval_settings,
-                              trainer, placement, eval_seconds, micro, accum, amp_dtype, channels_last)
-        record["eval"]["val_fingerprint"] = val_fingerprint(val_ids)
-        record["data"] = {"root": str(data_root), **{
-            f"{name}_manifest": str(getattr(ds, "manifest_path", None) or "") or None
-            for name, ds in (("source", source_ds), ("target", sets.target_train), ("val", sets.target_val))}}
-        if trainer.step != plan.train.iters:  # never file a run that did not train its schedule
-            raise UserError(f"run {self.run_dir.path} trained {trainer.step} of {plan.train.iters} "
-                            "iterations; it was not recorded as a result")
-        if placement.is_main:
-            self.run_dir.save_per_image(result.ids, result.per_image)
-            write_json(self.run_dir.result_file, record)
-            index_run(store_path(plan.output_dir), self.run_dir.path)
+            record = self._record(bench, method_cls, segmenter, network, result, score, eval_settings,
+                                  trainer, placement, eval_seconds, micro, accum, amp_dtype, channels_last)
+            record["eval"]["val_fingerprint"] = val_fingerprint(val_ids)
+            record["data"] = {"root": str(data_root), **{
+                f"{name}_manifest": str(getattr(ds, "manifest_path", None) or "") or None
+                for name, ds in (("source", source_ds), ("target", sets.target_train),
+                                 ("val", sets.target_val))}}
+            if trainer.step != plan.train.iters:  # never file a run that did not train its schedule
+                raise UserError(f"run {self.run_dir.path} trained {trainer.step} of {plan.train.iters} "
+                                "iterations; it was not recorded as a result")
+            if placement.is_main:
+                self.run_dir.save_per_image(result.ids, result.per_image)
+                write_json(self.run_dir.result_file, record)
+                index_run(store_path(plan.output_dir), self.run_dir.path)
         return record
 
     def _record(self, bench, method_cls, segmenter, network, result, score, eval_settings, trainer,
