@@ -24,7 +24,7 @@ from udabench.cli import main
 pytestmark = pytest.mark.slow
 
 ITERS = 200  # a few seconds of training: room to cancel a run after its first checkpoint
-LONG = 3000  # longer than the time limit allows
+LONG = 200_000  # far longer than the 1-minute limit allows (3,000 finished in ~35 s on a fast idle node)
 
 
 def spec(work: Path, name: str, body: str, time_limit: int = 10, delay: int = 60) -> Path:
@@ -205,18 +205,30 @@ def test_time_limit_checkpoints_and_submitit_requeues(monkeypatch, slurm_cluster
     log = work / "limited.sweep" / "logs" / f"{row['id']}.log"
 
     def continued():
+        """a stop with a checkpoint in one attempt, then step lines in the next"""
         text = log.read_text() if log.exists() else ""
         parts = text.split("=== udabench sweep")
-        if len(parts) < 3:
-            return None
-        stopped = re.search(r"stopped by SIGTERM at iteration (\d+); checkpoint written", parts[1])
-        later = [int(s) for s in re.findall(rf"step (\d+)/{LONG}", parts[2])]
-        return (parts, int(stopped.group(1)), later) if stopped and later else None
+        # Slurm sends its warning up to a minute early, so the first attempts may stop before
+        # their first checkpoint: find the first stop with one, and the attempt after it.
+        for i, part in enumerate(parts[1:-1], start=1):
+            stopped = re.search(r"stopped by SIGTERM at iteration (\d+); checkpoint written", part)
+            later = [int(s) for s in re.findall(rf"step (\d+)/{LONG}", parts[i + 1])]
+            if stopped and later:
+                return parts[i + 1], int(stopped.group(1)), later
+        return None
 
-    parts, stopped_at, later = poll(continued, 420, every=2)
+    def diagnosis() -> str:
+        text = log.read_text() if log.exists() else "(no log yet)"
+        return (f"log tail:\n{text[-3000:]}\nqueue: {slurm_cluster.queue()}\n"
+                f"slurmctld:\n{slurm_cluster.log('slurmctld', 15)}")
+
+    try:
+        following, stopped_at, later = poll(continued, 420, every=2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnosis()}") from None
     run = one_run_dir(work / "limited")
-    assert parts[2].startswith(f" {row['id']} attempt 1 ")  # the same launch: requeued by submitit
-    assert f"run --resume {run}" in parts[2]
+    assert following.startswith(f" {row['id']} attempt 1 ")  # the same launch: requeued by submitit
+    assert f"run --resume {run}" in following
     assert min(later) > stopped_at > 0  # continued from the checkpoint, not from scratch
     out = "\n".join(p.read_text() for p in (work / "limited.sweep" / "logs" / "slurm").glob("*/*_log.out"))
     assert "Requeued job" in out and "timed-out" in out
