@@ -93,6 +93,8 @@ def test_two_at_once_equal_the_same_runs_one_by_one(work):
 
 
 def test_cancel_then_rerun_resumes_and_keeps_name_and_tags(work):
+    # 200 iterations: `sweep cancel` must land mid-run (a 60-iteration run was stopped at 20 on an
+    # idle node: too little margin for a faster one)
     spec = spec_file(work, """
         [sweep]
         methods = ["source-only"]
@@ -102,9 +104,9 @@ def test_cancel_then_rerun_resumes_and_keeps_name_and_tags(work):
         out = "cancelled"
         tags = ["local", "resumed"]
         [grid]
-        train.iters = [60]
+        train.iters = [200]
         [names]
-        "train.iters=60" = "long"
+        "train.iters=200" = "long"
     """, "cancel.toml")
     sweep = subprocess.Popen([sys.executable, "-m", "udabench", "sweep", str(spec)], cwd=work,
                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -126,14 +128,14 @@ def test_cancel_then_rerun_resumes_and_keeps_name_and_tags(work):
     (row,) = status["runs"]
     assert row["state"] == "interrupted" and "stopped by SIGTERM at iteration" in row["error"], row
     stopped_at = int(row["error"].split("at iteration ")[1].split(";")[0])
-    assert 0 < stopped_at < 60
+    assert 0 < stopped_at < 200
     r = cli("sweep", str(spec))
     assert r.exit_code == 0 and "1 to resume" in r.stdout, r.output
     (run,) = run_dirs(work / "cancelled").values()
     log = (work / "cancel.sweep" / "logs" / f"{row['id']}.log").read_text()
     assert "attempt 2 " in log and f"run --resume {run}" in log and "resuming" in log
     record = json.loads((run / "result.json").read_text())
-    assert (record["name"], record["tags"], record["iters"]) == ("long", ["local", "resumed"], 60)
+    assert (record["name"], record["tags"], record["iters"]) == ("long", ["local", "resumed"], 200)
     listed = cli("runs", "--reindex", "--format", "json", "--output-dir", str(work / "cancelled"))
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.stdout)
