@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torchvision.io import encode_png
 
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (a session fixture: a real one-node Slurm)
+
 TINY = dict(seed=0, height=32, width=64, n_source=6, n_target_train=6, n_target_val=6)
 
 

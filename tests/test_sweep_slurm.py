@@ -18,7 +18,6 @@ import pytest
 from click.testing import CliRunner
 
 from tests.faultkit import assert_same_result, env, generate_data, write_toml
-from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 from udabench.cli import main
 
 pytestmark = pytest.mark.slow
