@@ -4,8 +4,8 @@ packages (slurm-wlm, munge), configured on this host in a private folder with fr
 ``start_cluster(folder)`` returns a running :class:`SlurmCluster` or raises
 :class:`ClusterUnavailable` with the one-line reason (the fixture skips the tests with it).
 ``SlurmCluster.env`` is what a client (sbatch, squeue, submitit) needs: ``SLURM_CONF``. The
-session fixture ``slurm_cluster`` (registered in tests/conftest.py) starts one for the tests that use it and stops it (and every
-job it still runs) at the end.
+session fixture ``slurm_cluster`` (registered in tests/conftest.py) starts one for the tests that
+use it and stops it (and every job it still runs) at the end.
 """
 from __future__ import annotations
 
