@@ -5,7 +5,7 @@ Run: python bench/finetune_minicity_source.py --backbone resnet-tiny [--iters 30
 Trains MiniCity's default segmenter (resnet-tiny or mit-tiny + ASPP head, frozen_affine BN) on
 MiniCity's GTA5-format "game" source scenes at the 128x256 training size with MiniCity's
 source-only settings (SGD lr 0.01, heads x10, momentum 0.9, weight decay 5e-4, poly 0.9, batch 8,
-flips), from the shipped pretrained weights and from scratch, and scores mIoU19 on held-out
+flips; mit-tiny with MiniCity's 32-channel DAFormer head), from the shipped pretrained weights and from scratch, and scores mIoU19 on held-out
 source scenes. This is ImageNet's classic transfer check (does the init help supervised training
 on a new task?) without any target-domain image or label, and without any adaptation method.
 """
@@ -26,6 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line  # noqa: E402
 
+from udabench.benchmarks import MINICITY_DEFAULTS  # noqa: E402
 from udabench.minicity import MiniCityParams, render_scene  # noqa: E402
 from udabench.minicity.pretrained import weights_path  # noqa: E402
 from udabench.models import SegmenterConfig, build_segmenter  # noqa: E402
@@ -61,13 +62,23 @@ def miou(seg, images: torch.Tensor, labels: torch.Tensor) -> float:
     return float((inter[present] / union[present].double()).mean() * 100)
 
 
+def minicity_head_channels(backbone: str) -> int:
+    """The head width MiniCity's runs give this backbone (its scaled networks: mit-tiny gets a
+    32-channel DAFormer head), else the segmenter's default."""
+    for _, settings in MINICITY_DEFAULTS.scaled_networks:
+        settings = dict(settings)
+        if settings.get("backbone") == backbone and "head_channels" in settings:
+            return int(settings["head_channels"])
+    return int(SegmenterConfig().head_channels)
+
+
 def train(init: str, backbone: str, head: str, seed: int, iters: int, data, lr: float = 0.01,
           bn_mode: str = "frozen_affine", gamma_one: bool = False) -> float:
     images, labels, test_images, test_labels = data
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    seg = build_segmenter(SegmenterConfig(backbone=backbone, init=init, bn_mode=bn_mode,
-                                          head=head), CLASSES)
+    seg = build_segmenter(SegmenterConfig(backbone=backbone, init=init, bn_mode=bn_mode, head=head,
+                                          head_channels=minicity_head_channels(backbone)), CLASSES)
     if gamma_one:  # undo timm's zero-initialised last BN scale of each residual branch
         for bn in seg.batchnorms():
             with torch.no_grad():
