@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    ap.add_argument("--task", default=None,
+                    help="classification (one label per image, as ImageNet) or segmentation (every "
+                         "pixel's class); default: the recipe's")
+    ap.add_argument("--geometry", default=None,
+                    help="standard (ResNets at output stride 32, as ImageNet classifiers) or segmenter "
+                         "(the backbone as MiniCity's segmenter runs it); default: the recipe's")
     ap.add_argument("--threads", type=int, default=THREADS_DEFAULT, help="CPU threads (default 1)")
     ap.add_argument("--data-root", type=Path, default=None,
                     help="cache the rendered images under DATA_ROOT/minicity-pretrain/<key>/")
@@ -72,6 +78,10 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--steps", str(args.steps)]
     if args.lr is not None:
         parts += ["--lr", repr(args.lr)]
+    if args.task is not None:
+        parts += ["--task", args.task]
+    if args.geometry is not None:
+        parts += ["--geometry", args.geometry]
     if args.threads != THREADS_DEFAULT:
         parts += ["--threads", str(args.threads)]
     return " ".join(parts)
@@ -81,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides = {"seed": args.seed, **({"steps": args.steps} if args.steps is not None else {}),
-                 **({"lr": args.lr} if args.lr is not None else {})}
+                 **({"lr": args.lr} if args.lr is not None else {}),
+                 **({"task": args.task} if args.task is not None else {}),
+                 **({"geometry": args.geometry} if args.geometry is not None else {})}
     if args.steps is not None:
         overrides["warmup_steps"] = min(recipe(args.backbone).warmup_steps, args.steps)
     try:

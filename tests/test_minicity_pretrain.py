@@ -19,12 +19,14 @@ from udabench.errors import ConfigError, UserError
 from udabench.minicity import MiniCityParams, pretrained, render_scene
 from udabench.minicity.pretrain import (
     PretrainConfig,
+    _batch,
     build_classifier,
     pretrain,
     recipe,
     standard_geometry,
 )
 from udabench.minicity.pretrain_data import (
+    BACKGROUND,
     CLASSES,
     N_CLASSES,
     REACH,
@@ -35,6 +37,7 @@ from udabench.minicity.pretrain_data import (
     class_parts,
     load_split,
     render_image,
+    render_image_dense,
     render_split,
     shape_mask,
 )
@@ -173,7 +176,78 @@ def test_resnets_are_pretrained_in_the_standard_output_stride_32_geometry():
     assert standard_geometry(mit) is mit  # nothing to undo
 
 
+def test_the_segmenter_geometry_keeps_the_dilated_resnet_the_segmenter_runs():
+    model = build_classifier(recipe("resnet-tiny", geometry="segmenter"))
+    seg = build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 19)
+    seg.backbone.body.load_state_dict(model.backbone.body.state_dict(), strict=True)
+    model.eval(), seg.eval()
+    x = torch.rand(2, 3, 64, 64)
+    ours = model.backbone(model.normalize(x))[-1]
+    assert ours.shape == (2, 128, 8, 8)  # output stride 8, as MiniCity's segmenter
+    assert torch.equal(ours, seg(x)["feat"])
+
+
+def test_dense_maps_label_every_pixel_of_the_classification_images():
+    images, maps = render_split(SMALL, "train", count=N_CLASSES, dense=True)
+    assert maps.shape == (N_CLASSES, 20, 20) and maps.dtype == np.uint8
+    for i in (0, 9, N_CLASSES - 1):
+        image, label = render_image(SMALL, "train", i)
+        dense_image, label_map = render_image_dense(SMALL, "train", i)
+        assert np.array_equal(image, dense_image) and np.array_equal(image, images[i])
+        assert np.array_equal(label_map, maps[i])
+        assert (label_map == label).any() and (label_map == BACKGROUND).any()
+        assert set(np.unique(label_map)) <= set(range(N_CLASSES + 1))
+    # the main object is the largest: its class is the most common object label in every image
+    largest = [np.bincount(m[m != BACKGROUND], minlength=N_CLASSES).argmax() for m in maps]
+    assert largest == [i % N_CLASSES for i in range(N_CLASSES)]
+
+
+def test_dense_crops_move_the_label_maps_with_the_pixels():
+    # blocks of constant colour, one label each: wherever the cropped image shows a block's
+    # exact colour (away from blends at block edges), the cropped label must be that block's
+    rng = np.random.default_rng(0)
+    block = np.kron(rng.integers(0, 8, (4, 6, 6)), np.ones((1, 8, 8), dtype=np.int64))  # 48x48
+    images = np.repeat((block * 30).astype(np.uint8)[..., None], 3, axis=-1)
+    maps = block.astype(np.uint8)
+    x, y = _batch(images, np.arange(4), 32, np.random.default_rng(1), maps)
+    assert x.shape == (4, 3, 32, 32) and y.shape == (4, 32, 32) and y.dtype == torch.int64
+    value = x[:, 0] * 255 / 30
+    exact = (value - value.round()).abs() < 1e-3
+    # inside a block: the pixel and its 4 neighbours show the same exact colour
+    same = torch.zeros_like(exact)
+    v = value.round()
+    same[:, 1:-1, 1:-1] = ((v[:, 1:-1, 1:-1] == v[:, :-2, 1:-1]) & (v[:, 1:-1, 1:-1] == v[:, 2:, 1:-1])
+                           & (v[:, 1:-1, 1:-1] == v[:, 1:-1, :-2]) & (v[:, 1:-1, 1:-1] == v[:, 1:-1, 2:])
+                           & exact[:, 1:-1, 1:-1] & exact[:, :-2, 1:-1] & exact[:, 2:, 1:-1]
+                           & exact[:, 1:-1, :-2] & exact[:, 1:-1, 2:])
+    exact = same
+    assert exact.float().mean() > 0.3
+    assert torch.equal(value.round().long()[exact], y[exact])
+    cx, cy = _batch(images, np.arange(4), 32, None, maps)  # centre crop: a plain slice
+    assert torch.equal(cy, torch.from_numpy(maps[:, 8:40, 8:40].astype(np.int64)))
+
+
+def test_a_tiny_segmentation_pretraining_is_bit_reproducible_and_loads_into_the_segmenter():
+    torch.set_num_threads(1)
+    cfg = recipe("resnet-tiny", task="segmentation", geometry="segmenter", **TINY)
+    a, b = pretrain(cfg), pretrain(cfg)
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert 0 < a.heldout_accuracy == b.heldout_accuracy <= 1  # pixel accuracy
+    assert {"shape_accuracy", "texture_accuracy"} <= set(a.heldout_scores)
+    seg = build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 19)
+    seg.backbone.body.load_state_dict(a.state_dict, strict=True)
+    classification = pretrain(recipe("resnet-tiny", geometry="segmenter", **TINY)).state_dict
+    assert any(not torch.equal(a.state_dict[k], classification[k]) for k in a.state_dict
+               if a.state_dict[k].is_floating_point())
+
+
 def test_bad_settings_fail_before_any_work():
+    with pytest.raises(ConfigError, match="task"):
+        PretrainConfig(task="detection")
+    with pytest.raises(ConfigError, match="segmenter geometry"):
+        PretrainConfig(task="segmentation")  # a dense task is not trained at output stride 32
+    with pytest.raises(ConfigError, match="geometry"):
+        PretrainConfig(geometry="dilated")
     with pytest.raises(UserError, match="unknown backbone"):
         pretrain(recipe("resnet-tinyy"))
     with pytest.raises(ConfigError, match="crop"):

@@ -41,6 +41,14 @@ from udabench.minicity.pretrain_data import (
 )
 
 OPTIMIZERS = ("sgd", "adamw")
+# "standard": ResNets at output stride 32, as ImageNet classifiers are trained; "segmenter": the
+# backbone exactly as MiniCity's segmenter runs it (ResNets dilated to output stride 8). MiT has
+# one geometry (stride 32), the same under both names.
+GEOMETRIES = ("standard", "segmenter")
+# "classification": one label per image through a global-average pool, as ImageNet; "segmentation":
+# every pixel's shape-and-texture class (or background) through a 1x1 convolution on the deepest
+# map, upsampled to the input (a dense task; trained in the segmenter geometry).
+TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class PretrainConfig:
     steps: int = 2400  # 16 epochs of the 19,200 training images
     batch_size: int = 128
     crop: int = 64  # side of the training crops (random resized) and of the scored centre crop
+    task: str = "classification"  # one of TASKS
+    geometry: str = "standard"  # one of GEOMETRIES
     optimizer: str = "sgd"
     lr: float = 0.2
     momentum: float = 0.9  # sgd only
@@ -59,6 +69,14 @@ class PretrainConfig:
     data: PretrainDataParams = field(default_factory=PretrainDataParams)
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"pretrain task '{self.task}': expected one of {', '.join(TASKS)}")
+        if self.task == "segmentation" and self.geometry != "segmenter":
+            raise ConfigError("pretrain task 'segmentation' is trained in the segmenter geometry: "
+                              "set geometry = 'segmenter'")
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"pretrain geometry '{self.geometry}': expected one of "
+                              f"{', '.join(GEOMETRIES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"pretrain optimizer '{self.optimizer}': expected one of "
                               f"{', '.join(OPTIMIZERS)}")
@@ -141,9 +159,28 @@ class PretrainClassifier(nn.Module):
         return self.fc(deepest.mean(dim=(2, 3)))
 
 
-def build_classifier(cfg: PretrainConfig) -> PretrainClassifier:
-    """The backbone as MiniCity's segmenter builds it (random init, seeded), in its standard
-    geometry, with a fresh classifier."""
+class PretrainSegmenter(nn.Module):
+    """Input normalisation -> backbone -> 1x1 convolution on the deepest map -> bilinear upsampling
+    to the input: per-pixel logits (the linear classifier of :class:`PretrainClassifier`, applied
+    at every position instead of after pooling)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        from udabench.models.normalisation import InputNorm
+
+        super().__init__()
+        self.normalize = InputNorm(backbone.normalisation)
+        self.backbone = backbone
+        self.fc = nn.Conv2d(int(backbone.levels[-1].channels), num_classes, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        deepest = self.backbone(self.normalize(images))[-1]
+        return F.interpolate(self.fc(deepest), size=images.shape[-2:], mode="bilinear",
+                             align_corners=False)
+
+
+def build_classifier(cfg: PretrainConfig) -> nn.Module:
+    """The backbone as MiniCity's segmenter builds it (random init, seeded), in the configured
+    geometry, with a fresh classifier (per image, or per pixel for the segmentation task)."""
     from udabench.models import SegmenterConfig, build_backbone
 
     try:
@@ -151,7 +188,12 @@ def build_classifier(cfg: PretrainConfig) -> PretrainClassifier:
     except UserError as exc:
         raise UserError(f"pretraining --backbone: {exc}") from None
     torch.manual_seed(cfg.seed)
-    return PretrainClassifier(standard_geometry(build_backbone(seg_cfg)), N_CLASSES)
+    backbone = build_backbone(seg_cfg)
+    if cfg.geometry == "standard":
+        backbone = standard_geometry(backbone)
+    if cfg.task == "segmentation":
+        return PretrainSegmenter(backbone, N_CLASSES + 1)  # + BACKGROUND
+    return PretrainClassifier(backbone, N_CLASSES)
 
 
 # ------------------------------------------------------------------------------ training
@@ -162,15 +204,20 @@ CROP_SCALE = (0.25, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
-def _batch(images: np.ndarray, idx: np.ndarray, crop: int, rng: np.random.Generator | None) -> torch.Tensor:
-    """Float [B, 3, crop, crop] in [0, 1]. With rng: random resized crops (area and aspect drawn as
-    ImageNet training does, bilinear) and horizontal flips; without: the centre crop (as ImageNet
-    scoring takes the central 87.5%)."""
+def _batch(images: np.ndarray, idx: np.ndarray, crop: int, rng: np.random.Generator | None,
+           maps: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(float [B, 3, crop, crop] in [0, 1], the label maps cropped alike as int64 [B, crop, crop]
+    or None without ``maps``). With rng: random resized crops (area and aspect drawn as ImageNet
+    training does; images bilinear, label maps nearest) and horizontal flips; without: the centre
+    crop (as ImageNet scoring takes the central 87.5%)."""
     size = images.shape[1]
     batch = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float().div_(255.0)
+    labels = None if maps is None else torch.from_numpy(maps[idx].astype(np.int64))
     if rng is None:
         start = (size - crop) // 2
-        return batch[:, :, start:start + crop, start:start + crop].contiguous()
+        window = (slice(start, start + crop), slice(start, start + crop))
+        return (batch[:, :, window[0], window[1]].contiguous(),
+                None if labels is None else labels[:, window[0], window[1]].contiguous())
     n = len(idx)
     area = rng.uniform(*CROP_SCALE, n)
     ratio = np.exp(rng.uniform(np.log(CROP_RATIO[0]), np.log(CROP_RATIO[1]), n))
@@ -183,7 +230,11 @@ def _batch(images: np.ndarray, idx: np.ndarray, crop: int, rng: np.random.Genera
     theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
     grid = F.affine_grid(torch.from_numpy(theta), [n, 3, crop, crop], align_corners=False)
-    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if labels is not None:
+        labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="border",
+                               align_corners=False)[:, 0].long()
+    return out, labels
 
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
@@ -204,20 +255,34 @@ def _optimizer(cfg: PretrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, crop: int, batch_size: int = 256) -> np.ndarray:
-    """Top-1 class of every image's centre crop, eval mode."""
+    """Top-1 class of every image's centre crop (of every pixel of it, for a per-pixel model),
+    eval mode."""
     was_training = model.training
     model.eval()
     preds = [model(_batch(images, np.arange(start, min(start + batch_size, len(images))), crop,
-                          None)).argmax(1).numpy()
+                          None)[0]).argmax(1).numpy()
              for start in range(0, len(images), batch_size)]
     model.train(was_training)
     return np.concatenate(preds)
 
 
+def _centre(labels: np.ndarray, crop: int) -> np.ndarray:
+    """Class labels as they are; label maps [N, S, S] cut to the scored centre crop."""
+    if labels.ndim == 1:
+        return labels
+    start = (labels.shape[1] - crop) // 2
+    return labels[:, start:start + crop, start:start + crop]
+
+
 def scores(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1 accuracy, and how often the shape and the texture alone are right."""
+    """Top-1 accuracy, and how often the shape and the texture alone are right. For label maps:
+    pixel accuracy over all pixels, shape and texture alone over the object pixels."""
     n_tex = len(TEXTURES)
-    return {"accuracy": float(np.mean(pred == labels)),
+    accuracy = float(np.mean(pred == labels))
+    if pred.ndim > 1:
+        on_object = labels < N_CLASSES
+        pred, labels = pred[on_object], labels[on_object]
+    return {"accuracy": accuracy,
             "shape_accuracy": float(np.mean(pred // n_tex == labels // n_tex)),
             "texture_accuracy": float(np.mean(pred % n_tex == labels % n_tex))}
 
@@ -244,8 +309,9 @@ def pretrain(cfg: PretrainConfig, log: Callable[[str], None] | None = None,
     wall0, cpu0 = time.perf_counter(), time.process_time()
     log(f"rendering {cfg.data.count('train')} training and {cfg.data.count('val')} held-out "
         f"images ({cfg.data.size}x{cfg.data.size}, key {cfg.data.key()})")
-    train_x, train_y = load_split(cfg.data, "train", cache_root)
-    val_x, val_y = load_split(cfg.data, "val", cache_root)
+    dense = cfg.task == "segmentation"
+    train_x, train_y = load_split(cfg.data, "train", cache_root, dense=dense)
+    val_x, val_y = load_split(cfg.data, "val", cache_root, dense=dense)
     data_seconds = time.perf_counter() - wall0
     log(f"rendered in {data_seconds:.0f} s")
     rng = np.random.default_rng([cfg.seed, 1])
@@ -260,8 +326,9 @@ def pretrain(cfg: PretrainConfig, log: Callable[[str], None] | None = None,
             order, cursor = rng.permutation(len(train_x)), 0
         idx = order[cursor:cursor + cfg.batch_size]
         cursor += cfg.batch_size
-        x = _batch(train_x, idx, cfg.crop, rng)
-        y = torch.from_numpy(train_y[idx])
+        x, y = _batch(train_x, idx, cfg.crop, rng, train_y if dense else None)
+        if y is None:
+            y = torch.from_numpy(train_y[idx])
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         loss = F.cross_entropy(model(x), y)
@@ -279,8 +346,9 @@ def pretrain(cfg: PretrainConfig, log: Callable[[str], None] | None = None,
                 f"{entry['seconds']:.0f} s")
     train_seconds = time.perf_counter() - t0
     n_eval = cfg.eval_train_per_class * N_CLASSES  # the first images: balanced by construction
-    train_acc = scores(predict(model, train_x[:n_eval], cfg.crop), train_y[:n_eval])["accuracy"]
-    heldout = scores(predict(model, val_x, cfg.crop), val_y)
+    train_acc = scores(predict(model, train_x[:n_eval], cfg.crop),
+                       _centre(train_y[:n_eval], cfg.crop))["accuracy"]
+    heldout = scores(predict(model, val_x, cfg.crop), _centre(val_y, cfg.crop))
     val_acc = heldout["accuracy"]
     log(f"accuracy: train {train_acc:.3f}, held-out {val_acc:.3f} (shape alone "
         f"{heldout['shape_accuracy']:.3f}, texture alone {heldout['texture_accuracy']:.3f})")

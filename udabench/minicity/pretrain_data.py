@@ -44,6 +44,7 @@ SHAPES = ("disc", "ring", "triangle", "square", "star", "cross", "crescent", "he
 TEXTURES = ("plain", "striped", "checkered", "dotted", "blotched", "grainy", "wavy", "ringed")
 CLASSES = tuple(f"{texture} {shape}" for shape in SHAPES for texture in TEXTURES)
 N_CLASSES = len(CLASSES)
+BACKGROUND = N_CLASSES  # the label of background pixels in the dense (segmentation) maps
 SPLITS = ("train", "val")
 SUPERSAMPLE = 2  # rendered at 2x and box-averaged: anti-aliased edges (MiniCity's are hard)
 # Every shape lies within 1.3 object radii of its centre (the heart reaches 1.29), times the
@@ -282,8 +283,10 @@ def _box_blur(img: np.ndarray, k: int) -> np.ndarray:
 
 
 def _draw(img: np.ndarray, rng: np.random.Generator, shape: str, texture: str, cx: float,
-          cy: float, radius: float, hue: float, contrast: float, scale: float) -> None:
-    """Paint one patterned shape into ``img`` (in place), clipped to the image."""
+          cy: float, radius: float, hue: float, contrast: float, scale: float,
+          label_map: np.ndarray | None = None, label: int = 0) -> None:
+    """Paint one patterned shape into ``img`` (in place), clipped to the image; with
+    ``label_map``, write ``label`` where it is painted."""
     angle, aspect = rng.uniform(0, 2 * math.pi), rng.uniform(0.8, 1.25)
     win = _window(img.shape[0], cx, cy, radius * REACH)
     if win is None:
@@ -294,10 +297,30 @@ def _draw(img: np.ndarray, rng: np.random.Generator, shape: str, texture: str, c
     look = _paint(rng, texture, h, w, hue, contrast, scale)
     region = img[win.rows, win.cols]
     np.copyto(region, look, where=mask[..., None])
+    if label_map is not None:
+        label_map[win.rows, win.cols][mask] = label
 
 
 def render_image(params: PretrainDataParams, split: str, index: int) -> tuple[np.ndarray, int]:
     """(size x size x 3 uint8 RGB, class index) of image ``index`` of ``split``."""
+    return _render(params, split, index, None)
+
+
+def render_image_dense(params: PretrainDataParams, split: str, index: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(size x size x 3 uint8 RGB, size x size uint8 label map) of image ``index``: the same
+    pixels as :func:`render_image`, and for every pixel the class of the object painted on it
+    (the main object, or a distractor where it shows) or ``BACKGROUND``. A pixel takes the
+    label of its first (upper-left) supersample."""
+    label_map = np.full((params.size * SUPERSAMPLE,) * 2, BACKGROUND, dtype=np.uint8)
+    image, _ = _render(params, split, index, label_map)
+    return image, np.ascontiguousarray(label_map[::SUPERSAMPLE, ::SUPERSAMPLE])
+
+
+def _render(params: PretrainDataParams, split: str, index: int,
+            label_map: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Image ``index`` of ``split`` and its class; fills ``label_map`` (supersampled) when given.
+    The label map never changes a random draw: the pixels are those of the classification data."""
     _check_split(split)
     if not 0 <= index < params.count(split):
         raise ValueError(f"index {index} outside the {params.count(split)} {split} images")
@@ -320,7 +343,8 @@ def render_image(params: PretrainDataParams, split: str, index: int) -> tuple[np
     for _ in range(int(rng.choice(3, p=(0.4, 0.35, 0.25)))):
         other = int(rng.integers(N_CLASSES))
         _draw(img, rng, *class_parts(other), rng.uniform(0, n), rng.uniform(0, n),
-              n * rng.uniform(0.08, 0.15), class_hue(other, rng), rng.uniform(0.25, 0.5), scale)
+              n * rng.uniform(0.08, 0.15), class_hue(other, rng), rng.uniform(0.25, 0.5), scale,
+              label_map, other)
     # the object: a drop shadow away from the light, then its shape in its material
     radius = n * rng.uniform(0.24, 0.38)
     cx, cy = n / 2 + rng.uniform(-0.12, 0.12) * n, n / 2 + rng.uniform(-0.12, 0.12) * n
@@ -343,6 +367,8 @@ def render_image(params: PretrainDataParams, split: str, index: int) -> tuple[np
         spot = np.exp(((xs - 0.45 * lx) ** 2 + (ys - 0.45 * ly) ** 2) * np.float32(-8.0))
         obj += np.float32(rng.uniform(0.2, 0.45)) * spot[..., None]
     np.copyto(img[win.rows, win.cols], obj, where=mask[..., None])
+    if label_map is not None:
+        label_map[win.rows, win.cols][mask] = label
     # anti-aliasing (2x2 box average), then the camera: tinted light, gamma, grain
     s = params.size
     img = img.reshape(s, SUPERSAMPLE, s, SUPERSAMPLE, 3).mean(axis=(1, 3))
@@ -354,17 +380,23 @@ def render_image(params: PretrainDataParams, split: str, index: int) -> tuple[np
 
 
 def render_split(params: PretrainDataParams, split: str, count: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` images of a split (all by default): ((N, S, S, 3) uint8, (N,) int64).
-    A ``count`` that is a multiple of N_CLASSES keeps the subset balanced."""
+                 progress: Callable[[int], None] | None = None, dense: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` images of a split (all by default): ((N, S, S, 3) uint8, labels), the
+    labels (N,) int64 classes, or with ``dense`` (N, S, S) uint8 label maps
+    (:func:`render_image_dense`). A ``count`` that is a multiple of N_CLASSES keeps the subset
+    balanced."""
     total = params.count(split)
     count = total if count is None else count
     if not 0 < count <= total:
         raise ValueError(f"count {count} outside 1..{total} for the {split} split")
-    images = np.empty((count, params.size, params.size, 3), dtype=np.uint8)
-    labels = np.empty(count, dtype=np.int64)
+    size = params.size
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    labels = (np.empty((count, size, size), dtype=np.uint8) if dense
+              else np.empty(count, dtype=np.int64))
+    render = render_image_dense if dense else render_image
     for i in range(count):
-        images[i], labels[i] = render_image(params, split, i)
+        images[i], labels[i] = render(params, split, i)
         if progress is not None and (i + 1) % 1000 == 0:
             progress(i + 1)
     return images, labels
@@ -373,32 +405,43 @@ def render_split(params: PretrainDataParams, split: str, count: int | None = Non
 CACHE_DIR = "minicity-pretrain"
 
 
-def cache_path(params: PretrainDataParams, split: str, data_root: Path) -> Path:
-    """<data_root>/minicity-pretrain/<key>/<split>.npz"""
+def cache_path(params: PretrainDataParams, split: str, data_root: Path, dense: bool = False) -> Path:
+    """<data_root>/minicity-pretrain/<key>/<split>.npz (<split>-dense.npz with label maps)"""
     _check_split(split)
-    return Path(data_root).expanduser() / CACHE_DIR / params.key() / f"{split}.npz"
+    name = f"{split}-dense.npz" if dense else f"{split}.npz"
+    return Path(data_root).expanduser() / CACHE_DIR / params.key() / name
+
+
+def _cached_labels_ok(labels: np.ndarray, params: PretrainDataParams, split: str,
+                      dense: bool) -> bool:
+    n, s = params.count(split), params.size
+    if dense:  # every map holds the class of its image somewhere, and only known labels
+        return (labels.shape == (n, s, s) and labels.dtype == np.uint8
+                and int(labels.max(initial=0)) <= BACKGROUND
+                and all((labels[i] == class_of(i)).any() for i in range(0, n, max(n // 64, 1))))
+    return np.array_equal(labels, np.array([class_of(i) for i in range(n)], dtype=np.int64))
 
 
 def load_split(params: PretrainDataParams, split: str, cache_root: Path | None = None,
-               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               progress: Callable[[int], None] | None = None, dense: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
     """A whole split, rendered in memory, or read from / written to the cache under
-    ``cache_root`` (a data root) when given. A cache file that does not hold exactly what
+    ``cache_root`` (a data root) when given. A cache file that does not hold what
     :func:`render_split` would return (wrong shape, count or labels, unreadable) is rendered
     again; writes are atomic, so an interrupted run never leaves a half file behind."""
     if cache_root is None:
-        return render_split(params, split, progress=progress)
-    path = cache_path(params, split, cache_root)
+        return render_split(params, split, progress=progress, dense=dense)
+    path = cache_path(params, split, cache_root, dense)
     n, s = params.count(split), params.size
-    expected = np.array([class_of(i) for i in range(n)], dtype=np.int64)
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels = z["images"], z["labels"]
         if (images.shape == (n, s, s, 3) and images.dtype == np.uint8
-                and np.array_equal(labels, expected)):
+                and _cached_labels_ok(labels, params, split, dense)):
             return images, labels
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # missing or damaged: render it again
-    images, labels = render_split(params, split, progress=progress)
+    images, labels = render_split(params, split, progress=progress, dense=dense)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
