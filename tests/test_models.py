@@ -389,3 +389,22 @@ def test_resnet101_geometry():
     assert seg.describe()["feature_size"]["output"] == [64, 128]
     with torch.no_grad():
         assert seg.eval()(torch.rand(1, 3, 64, 96))["out"].shape == (1, 19, 8, 12)
+
+
+def test_frozen_zero_scales_of_a_random_resnet_are_recorded_with_the_run():
+    """timm zero-initialises each residual branch's last BatchNorm scale; frozen (bn_mode
+    frozen_affine, MiniCity's) they stay 0 and the branch never contributes: the record says so."""
+    frozen = build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 19)
+    assert any("4 of 13 backbone BatchNorm layers have frozen scales of 0" in n
+               for n in frozen.init_notes)
+    x = torch.rand(1, 3, 64, 64)
+    block = frozen.backbone.body.layer4[0]
+    with torch.no_grad():
+        assert not block.bn2(block.conv2(torch.rand(1, 128, 8, 8))).any()  # the branch is off
+    trained = build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch",
+                                              bn_mode="train"), 19)
+    assert not any("frozen scales" in n for n in trained.init_notes)
+    assert frozen(x)["out"].shape == trained(x)["out"].shape
+    pretrained = build_segmenter(SegmenterConfig(backbone="resnet-tiny",
+                                                 init="minicity-pretrained"), 19)
+    assert not any("frozen scales" in n for n in pretrained.init_notes)

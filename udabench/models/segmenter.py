@@ -304,4 +304,20 @@ def build_segmenter(cfg: SegmenterConfig, num_classes: int = 19) -> Segmenter:
             seg.init_notes.append(f"classifiers not loaded: head '{cfg.head}' is not the ASPP")
         _load_heads(seg, weights.caffe_head_state(classifiers, heads, num_classes, seg.init_notes),
                     source)
+    _note_dead_frozen_scales(seg)
     return seg
+
+
+def _note_dead_frozen_scales(seg: Segmenter) -> None:
+    """Record BatchNorm layers whose frozen scale is 0 everywhere: what they normalise never
+    reaches the output. timm zero-initialises the last scale of every residual branch, so a
+    ResNet from random weights with a frozen affine (bn_mode frozen or frozen_affine) trains
+    with every residual branch switched off: the stem and the shortcut convolutions only."""
+    if seg.bn_mode == "train":
+        return
+    dead = [bn for bn in seg.batchnorms() if bn.weight is not None and not bn.weight.any()]
+    if dead:
+        seg.init_notes.append(f"{len(dead)} of {len(seg.batchnorms())} backbone BatchNorm layers "
+                              f"have frozen scales of 0 (bn_mode {seg.bn_mode}): their branches "
+                              f"never contribute (random weights zero-initialise each residual "
+                              f"branch's last scale)")
