@@ -162,8 +162,8 @@ def test_a_tiny_pretraining_run_is_bit_reproducible(backbone):
     assert any(not torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point())
 
 
-def test_resnets_are_pretrained_in_the_standard_output_stride_32_geometry():
-    model = build_classifier(recipe("resnet-tiny"))
+def test_the_standard_geometry_is_imagenets_output_stride_32_resnet():
+    model = build_classifier(recipe("resnet-tiny", task="classification", geometry="standard"))
     reference = ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128),
                        stem_width=16, num_classes=0)  # timm's resnet-tiny at output stride 32
     reference.load_state_dict(model.backbone.body.state_dict(), strict=True)
@@ -177,7 +177,10 @@ def test_resnets_are_pretrained_in_the_standard_output_stride_32_geometry():
 
 
 def test_the_segmenter_geometry_keeps_the_dilated_resnet_the_segmenter_runs():
-    model = build_classifier(recipe("resnet-tiny", geometry="segmenter"))
+    assert (recipe("resnet-tiny").task, recipe("resnet-tiny").geometry) == ("segmentation",
+                                                                            "segmenter")
+    assert (recipe("mit-tiny").task, recipe("mit-tiny").geometry) == ("classification", "standard")
+    model = build_classifier(recipe("resnet-tiny", task="classification", geometry="segmenter"))
     seg = build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 19)
     seg.backbone.body.load_state_dict(model.backbone.body.state_dict(), strict=True)
     model.eval(), seg.eval()
@@ -236,7 +239,8 @@ def test_a_tiny_segmentation_pretraining_is_bit_reproducible_and_loads_into_the_
     assert {"shape_accuracy", "texture_accuracy"} <= set(a.heldout_scores)
     seg = build_segmenter(SegmenterConfig(backbone="resnet-tiny", init="scratch"), 19)
     seg.backbone.body.load_state_dict(a.state_dict, strict=True)
-    classification = pretrain(recipe("resnet-tiny", geometry="segmenter", **TINY)).state_dict
+    classification = pretrain(recipe("resnet-tiny", task="classification", geometry="segmenter",
+                                     **TINY)).state_dict
     assert any(not torch.equal(a.state_dict[k], classification[k]) for k in a.state_dict
                if a.state_dict[k].is_floating_point())
 
