@@ -45,17 +45,21 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
     assert rec["eval"]["images"] == 3  # every validation image scored once across the ranks
 
 
+# Each rank writes its own file: two processes printing to one pipe interleave their lines.
 LEAVES_AT_EXIT = """
 import atexit, torch
 ranks = []
+def say(line):
+    with open(f"rank{ranks[0]}.txt", "a") as f:
+        f.write(line + "\\n")
 # registered before init_distributed, so it runs after udabench's exit hook (atexit is LIFO)
-atexit.register(lambda: print(f"rank {ranks[0]} group alive at exit: {torch.distributed.is_initialized()}"))
+atexit.register(lambda: say(f"rank {ranks[0]} group alive at exit: {torch.distributed.is_initialized()}"))
 from udabench.engine.devices import init_distributed
 r, w, _ = init_distributed()
 ranks.append(r)
 t = torch.tensor([r + 1.0])
 torch.distributed.all_reduce(t)
-print(f"rank {r} of {w} sum {t.item():g}")
+say(f"rank {r} of {w} sum {t.item():g}")
 """
 
 
@@ -70,6 +74,6 @@ def test_the_process_group_is_destroyed_before_the_interpreter_exits(tmp_path):
     r = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", str(script)], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    lines = sorted(line for line in r.stdout.splitlines() if line.startswith("rank "))
-    assert lines == ["rank 0 group alive at exit: False", "rank 0 of 2 sum 3",
-                     "rank 1 group alive at exit: False", "rank 1 of 2 sum 3"], r.stdout
+    said = {rank: (tmp_path / f"rank{rank}.txt").read_text().splitlines() for rank in (0, 1)}
+    assert said == {rank: [f"rank {rank} of 2 sum 3", f"rank {rank} group alive at exit: False"]
+                    for rank in (0, 1)}, r.stdout
