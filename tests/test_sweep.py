@@ -178,6 +178,42 @@ def test_a_rerun_skips_done_resumes_interrupted_and_reports_failed(tmp_path):
     assert "--name advent" in r.output and "--tag ablation" in r.output
 
 
+WARM_SPEC = """
+[sweep]
+methods = ["source-only", "self-training"]
+benchmarks = ["minicity-gta2cs"]
+seeds = [0]
+out = "runs"
+
+[set]
+train.iters = 4
+"""
+
+
+def test_a_warm_starting_run_is_done_when_its_source_and_itself_are_finished(tmp_path):
+    """CBST starts from the finished source-only run of its seed and network, whatever its own
+    BatchNorm mode (the sweep once looked for a source run with CBST's model settings, found
+    none, and launched finished CBST runs again). The hash the sweep expects equals the one of
+    the same run started from that source run's directory by hand."""
+    spec = load_spec(write(tmp_path, WARM_SPEC))
+    source, cbst = resolve_runs(spec)
+    assert source.config_hash and cbst.config_hash is None  # its source is not finished yet
+    out = tmp_path / "runs"
+    source_dir = _finished_run(out, source)
+    (source_dir / "checkpoints").mkdir()
+    (source_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+    cbst = resolve_runs(spec)[1]
+    by_hand = resolve_runs(load_spec(write(
+        tmp_path, WARM_SPEC + f'train.init_from = "{source_dir}"\n', name="by_hand.toml")))[1]
+    assert cbst.config_hash is not None and cbst.config_hash == by_hand.config_hash
+    assert cbst.config_hash != source.config_hash
+    ledger = Ledger(spec.folder()).create()
+    assert [s.state for s in run_states([source, cbst], ledger)] == ["done", "pending"]
+    cbst_dir = _finished_run(out, cbst)
+    states = run_states([source, cbst], ledger)
+    assert [s.state for s in states] == ["done", "done"] and states[1].run_dir == str(cbst_dir)
+
+
 def test_status_json_and_table(tmp_path):
     spec = load_spec(write(tmp_path))
     resolved = resolve_runs(spec)

@@ -92,32 +92,44 @@ def _explicit(cfg: Any, section: str) -> list[str]:
 NETWORK_KEYS = ("backbone", "init", "aspp_branches", "multi_level", "head", "head_channels")
 
 
-def with_init_from(plan: Any, make_warm_start) -> Any:
-    """Resolve ``train.init_from`` (or the method's published warm start) into the plan."""
-    from udabench.engine.plan import find_finished, resolve_init_from, resolve_plan
+def warm_start_source(plan: Any) -> Any | None:
+    """The plan of the run this plan's method starts from, when its protocol starts from another
+    method's trained model (CBST from source-only) and ``train.init_from`` is left empty; else None.
+
+    The source is the run of that method with the same benchmark, seed, network and training
+    settings. "Same network" = the same architecture and initial weights; how BatchNorm is run and
+    the head's learning rate are the warm-start method's own training choices. `udabench run` and
+    the sweep's "is this run done?" both ask this one function, so they cannot disagree."""
+    from udabench.engine.plan import resolve_plan
     from udabench.registry import METHODS
 
-    token = plan.train.init_from
     warm = METHODS.get(plan.method).warm_start
-    if token == "" and warm:
-        # The method's protocol starts from a trained model of another method (CBST from
-        # source-only): the finished run of that method with the same benchmark, seed, network
-        # and training settings; made first (an ordinary, indexed run) when there is none.
-        # "Same network" = the same architecture and initial weights; how BatchNorm is run and
-        # the head's learning rate are the warm-start method's own training choices.
-        network = {k: v for k, v in dataclasses.asdict(plan.model).items() if k in NETWORK_KEYS}
-        src = resolve_plan(warm, plan.benchmark, plan.seed,
-                           dataclasses.replace(plan.train, init_from="none"),
-                           network, {}, plan.benchmark_overrides,
-                           Path(plan.data_root), Path(plan.output_dir), manifests=plan.manifests)
+    if plan.train.init_from != "" or not warm:
+        return None
+    network = {k: v for k, v in dataclasses.asdict(plan.model).items() if k in NETWORK_KEYS}
+    return resolve_plan(warm, plan.benchmark, plan.seed,
+                        dataclasses.replace(plan.train, init_from="none"),
+                        network, {}, plan.benchmark_overrides,
+                        Path(plan.data_root), Path(plan.output_dir), manifests=plan.manifests)
+
+
+def with_init_from(plan: Any, make_warm_start, announce: bool = True) -> Any:
+    """Resolve ``train.init_from`` (or the method's published warm start) into the plan: the
+    finished source run when there is one, else ``make_warm_start(source plan)``'s run."""
+    from udabench.engine.plan import find_finished, resolve_init_from
+
+    token = plan.train.init_from
+    src = warm_start_source(plan)
+    if src is not None:
         found = find_finished(src)
         if found is None:
-            console.print(f"{plan.method} starts from a finished {warm} run of {plan.benchmark}, "
-                          f"seed {plan.seed}, same network; none found: making it first "
-                          f"(train.init_from=none starts from model.init instead)")
+            if announce:
+                console.print(f"{plan.method} starts from a finished {src.method} run of "
+                              f"{plan.benchmark}, seed {plan.seed}, same network; none found: making "
+                              f"it first (train.init_from=none starts from model.init instead)")
             found = make_warm_start(src)
-        else:
-            console.print(f"{plan.method} starts from the finished {warm} run {found}")
+        elif announce:
+            console.print(f"{plan.method} starts from the finished {src.method} run {found}")
         token = str(found)
     init = resolve_init_from(token, Path(plan.output_dir))
     return dataclasses.replace(plan, init_from=init)

@@ -8,7 +8,6 @@ before anything is launched.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,27 +70,24 @@ def resolve_runs(spec: SweepSpec, runs: list[SweepRun] | None = None) -> list[Re
     return resolved
 
 
-def _config_hash(plan: Any) -> str | None:
-    """The hash the run will record, ``train.init_from`` resolved as `udabench run` resolves it
-    (a method whose protocol starts from another method's finished run: that run's weights)."""
-    from udabench.engine.plan import find_finished, resolve_init_from, resolve_plan
-    from udabench.registry import METHODS
+class _SourceNotFinished(Exception):
+    """The run a warm-starting method starts from is not finished yet."""
 
-    token = plan.train.init_from
-    warm = METHODS.get(plan.method).warm_start
-    if token == "" and warm:
-        src = resolve_plan(warm, plan.benchmark, plan.seed,
-                           dataclasses.replace(plan.train, init_from="none"),
-                           dataclasses.asdict(plan.model), {}, plan.benchmark_overrides,
-                           Path(plan.data_root), Path(plan.output_dir))
-        found = find_finished(src)
-        if found is None:
-            return None
-        token = str(found)
-    if token in ("", "none"):
-        return plan.config_hash()
-    init = resolve_init_from(token, Path(plan.output_dir))
-    return dataclasses.replace(plan, init_from=init).config_hash()
+
+def _not_finished(src: Any) -> None:
+    raise _SourceNotFinished
+
+
+def _config_hash(plan: Any) -> str | None:
+    """The hash the run will record, ``train.init_from`` resolved by `udabench run`'s own code (a
+    method whose protocol starts from another method's finished run: that run's weights); None
+    while that run is not finished."""
+    from udabench.commands.run import with_init_from
+
+    try:
+        return with_init_from(plan, _not_finished, announce=False).config_hash()
+    except _SourceNotFinished:
+        return None
 
 
 def finished_runs(output_dirs: set[Path]) -> dict[tuple[str, str, int], str]:
