@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, as one prepared script for a short lease of a GPU machine (no install there:
-# udabench is imported from this checkout; its entry points come from the carried
-# udabench.egg-info, made here by `pip install -e .`):
+# udabench is imported from this checkout, laid out as installed; its entry points come from the
+# carried udabench.egg-info, made here by `pip install -e .`):
 #   1. `udabench selftest` at the real protocols' sizes, every method, gta2cs then synthia2cs, on
 #      CUDA (ResNet-101 DeepLabV2 / MiT-B5 DAFormer with random weights: times and memory only);
 #   2. one default MiniCity run on CUDA (clst, minicity-gta2cs, seed 0), timed.
@@ -11,10 +11,20 @@
 #   DEVICE=cpu ITERS=2 IMAGES=2 METHODS=source-only BACKBONE=resnet-tiny OUT=/tmp/c bash bench/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/udabench-device-check}"
-DEVICE="${DEVICE:-cuda}"
 mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -n "${SHIM:-}" ] || ! python3 -c "import udabench.methods" 2>/dev/null; then
+    # Not installed: the package as the wheel lays it out (methods/ ships as udabench.methods,
+    # pyproject's package-dir), as links into this checkout, with the carried entry points.
+    shim=$(mktemp -d)
+    cp -rs "$PWD/udabench" "$shim/udabench"
+    ln -s "$PWD/methods" "$shim/udabench/methods"
+    ln -s "$PWD/udabench.egg-info" "$shim/udabench.egg-info"
+    export PYTHONPATH="$shim"
+    cd "$shim"  # `python -m` puts the working folder first on sys.path: not this checkout's udabench/
+fi
+DEVICE="${DEVICE:-cuda}"
 backbone=()
 [ -n "${BACKBONE:-}" ] && backbone=(--backbone "$BACKBONE")
 

@@ -229,3 +229,26 @@ def test_an_incomplete_validation_set_stops_the_run_before_training(tmp_path, mo
     r = run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--iters", "1")
     assert r.exit_code == 2 and "scored on 3 validation images but 2 were found" in r.stderr
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").rglob("*")) == before
+
+
+def test_a_run_is_re_evaluated_in_the_memory_layout_it_was_evaluated_in(workdir, monkeypatch):
+    """On CUDA a run trains and evaluates NHWC (train.channels_last), and bf16 kernels of the two
+    layouts round differently: an NCHW re-evaluation re-scored up to 0.015 IoU points away from
+    result.json on an H200. Here the CPU takes CUDA's place (the layout is plumbing, not numerics):
+    the restored network of `udabench eval` / `predict` is laid out as the run's was, and scores
+    what result.json says."""
+    from udabench.engine import devices
+    from udabench.engine.evaluate_run import evaluate_run, restore
+
+    monkeypatch.setattr(devices, "CHANNELS_LAST_DEVICES", ("cuda", "cpu"))
+    r = run_cli("run", "source-only", "--benchmark", "minicity-gta2cs", "--iters", "2")
+    assert r.exit_code == 0, r.output
+    run = only_run_dir(workdir)
+    rec = json.loads((run / "result.json").read_text())
+    assert rec["train"]["channels_last"] is True
+    _, net = restore(run, "cpu").method.eval_network()
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    again, _ = evaluate_run(run, device="cpu")
+    assert again["miou"] == rec["miou"]
+    assert json.dumps(again["iou"], sort_keys=True) == json.dumps(rec["iou"], sort_keys=True)  # NaN-aware

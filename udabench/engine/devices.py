@@ -154,6 +154,22 @@ def amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bo
     raise UserError(f"unknown train.amp '{amp}'; use auto, off, bf16 or fp16")
 
 
+CHANNELS_LAST_DEVICES = ("cuda",)  # where NHWC pays off (tests add "cpu" to check the plumbing)
+
+
+def lay_out(module: torch.nn.Module, channels_last: bool, device: torch.device) -> bool:
+    """Lay a run's networks out NHWC when ``train.channels_last`` asks and the device is CUDA;
+    returns whether it did. Training, the run's own evaluations and every later re-evaluation of
+    the run (``udabench eval``, ``predict``, the selftest's export) call this one function: on CUDA
+    the two layouts run different bf16 kernels whose rounding moves some pixels' argmax, so an
+    NCHW re-evaluation of an NHWC run re-scored up to 0.015 IoU points away from its result.json
+    (measured on an H200 by ``udabench selftest``)."""
+    if not (channels_last and device.type in CHANNELS_LAST_DEVICES):
+        return False
+    module.to(memory_format=torch.channels_last)
+    return True
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """torch's intra-op threads set to ``n`` for a block: where a thread pool or tiny tensors give

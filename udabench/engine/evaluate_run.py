@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 
 from udabench.engine.checkpoint import load_checkpoint
-from udabench.engine.devices import amp_settings, place
+from udabench.engine.devices import amp_settings, lay_out, place
 from udabench.engine.evaluator import EvalSettings, evaluate
 from udabench.engine.rundir import RunDir
 from udabench.engine.plan import data_root_of
@@ -85,6 +85,7 @@ def restore(target: Path, device: str | None = None, console: Console | None = N
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"{checkpoint} does not fit the run's network ({first[:200]})") from None
+    lay_out(method, plan.train.channels_last, placement.device)  # as the run's own evaluations
     settings = EvalSettings((bench.eval_input_size[1], bench.eval_input_size[0]), bench.align_corners,
                             plan.train.eval_flip, tuple(plan.train.eval_scales))
     return Restored(plan, run_dir, bench, method, int(state.get("step", 0)), checkpoint,

@@ -20,7 +20,7 @@ from udabench.config import build
 from udabench.data.loaders import InfiniteLoader
 from udabench.data.manifest import configure_manifests
 from udabench.engine.checkpoint import load_checkpoint, seed_everything
-from udabench.engine.devices import amp_settings, peak_memory_bytes, place, rank0_first
+from udabench.engine.devices import amp_settings, lay_out, peak_memory_bytes, place, rank0_first
 from udabench.engine.evaluator import EvalSettings, evaluate
 from udabench.engine.loggers import open_trackers
 from udabench.engine.plan import (RunPlan, data_root_of, micro_batch, preflight,  # noqa: F401
@@ -155,9 +155,7 @@ class Run:
         sampler = method.source_sampler()
         if sampler is not None:  # the method chooses which source images are loaded (RCS)
             source.set_sampler(sampler)
-        channels_last = plan.train.channels_last and placement.device.type == "cuda"
-        if channels_last:
-            method.to(memory_format=torch.channels_last)
+        channels_last = lay_out(method, plan.train.channels_last, placement.device)
         if plan.train.compile:
             segmenter.compile()
 
