@@ -157,6 +157,11 @@ def amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bo
 CHANNELS_LAST_DEVICES = ("cuda",)  # where NHWC pays off (tests add "cpu" to check the plumbing)
 
 
+def runs_nhwc(channels_last: bool, device: torch.device) -> bool:
+    """Whether a run with ``train.channels_last`` runs NHWC on this device (CUDA only)."""
+    return bool(channels_last) and device.type in CHANNELS_LAST_DEVICES
+
+
 def lay_out(module: torch.nn.Module, channels_last: bool, device: torch.device) -> bool:
     """Lay a run's networks out NHWC when ``train.channels_last`` asks and the device is CUDA;
     returns whether it did. Training, the run's own evaluations and every later re-evaluation of
@@ -164,7 +169,7 @@ def lay_out(module: torch.nn.Module, channels_last: bool, device: torch.device) 
     the two layouts run different bf16 kernels whose rounding moves some pixels' argmax, so an
     NCHW re-evaluation of an NHWC run re-scored up to 0.015 IoU points away from its result.json
     (measured on an H200 by ``udabench selftest``)."""
-    if not (channels_last and device.type in CHANNELS_LAST_DEVICES):
+    if not runs_nhwc(channels_last, device):
         return False
     module.to(memory_format=torch.channels_last)
     return True

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from udabench.config import DATA_ENV
-from udabench.engine.devices import CHANNELS_LAST_DEVICES, amp_settings
+from udabench.engine.devices import amp_settings, runs_nhwc
 from udabench.engine.plan import RunPlan, preflight
 from udabench.engine.runner import Run, new_run
 from udabench.engine.trainer import Interrupted
@@ -56,8 +56,7 @@ def _effective(plan: RunPlan, device: torch.device) -> tuple[str, bool, bool]:
     """(amp, channels_last, compile) as the runner applies them on this device."""
     dtype, _ = amp_settings(plan.train.amp, device)
     amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "off") if dtype else "off"
-    laid_out = plan.train.channels_last and device.type in CHANNELS_LAST_DEVICES  # as lay_out decides
-    return amp, bool(laid_out), bool(plan.train.compile)
+    return amp, runs_nhwc(plan.train.channels_last, device), bool(plan.train.compile)
 
 
 def export_and_rescore(run_path: Path, plan: RunPlan, record: dict[str, Any], device: str
