@@ -43,8 +43,9 @@ class CLSTConfig(OptimConfig):
     WHERE: ClassVar[str] = "methods.clst"
 
     aux_weight: float = setting(0.1, ge=0, doc="auxiliary head CE on source, when multi-level")
-    warmup_iters: int = setting(-1, ge=-1, doc="source-only steps first; -1 = a quarter of the run "
-                                                "(0 when started from a run: train.init_from)")
+    warmup_iters: int = setting(-1, ge=-1, unit="iterations",
+                                doc="source-only steps first; -1 = a quarter of the run "
+                                    "(0 when started from a run: train.init_from)")
     tau: float = setting(0.1, gt=0, doc="temperature of the centroid contrastive softmax")
     w_cl: float = setting(0.1, ge=0, doc="weight of the contrastive centroid loss")
     w_st: float = setting(1.0, ge=0, doc="weight of the self-training loss")
@@ -62,7 +63,8 @@ class CLSTConfig(OptimConfig):
     threshold_mode: str = setting("global", choices=("global", "class_balanced"))
     threshold: float = setting(0.9, ge=0, le=1, doc="global threshold; cap of class-balanced ones")
     portion: float = setting(0.5, gt=0, le=1, doc="class_balanced: share of each class kept")
-    cb_momentum: float = setting(0.99, ge=0, le=1, doc="class_balanced: histogram decay per step")
+    cb_momentum: float = setting(0.99, ge=0, le=1, unit="per_iteration",
+                                 doc="class_balanced: histogram decay per step")
 
     def check(self) -> None:
         if len(self.ensemble_input_size) not in (0, 2):

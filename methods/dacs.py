@@ -26,8 +26,10 @@ row ran DACS inside the DAFormer framework (AdamW, warm-up); that is ``daformer`
 strategies switched off, not this file's SGD recipe.
 
 The method crops both batches itself (``crop_size`` 512x512, uniform offsets; a side no longer
-than the crop is kept whole, so MiniCity's batches pass as they are): ClassMix needs one shape
-for both domains, and a run whose batches still differ stops at its first step in one line.
+than the crop is kept whole; MiniCity scales the crop with its resolution, 128x128): ClassMix
+needs one shape for both domains, and a run whose batches still differ stops at its first step in
+one line. ``crop_size`` (pixels) and ``ema_momentum`` (per iteration) declare their units, so a
+benchmark of another size rescales them (udabench.benchmarks.RunDefaults.rescaled).
 
 Departures (docs/methods.md):
 - Random numbers come from one generator per step seeded from the run (exact resume); the
@@ -59,11 +61,12 @@ class DACSConfig(OptimConfig):
     crop: bool = setting(True, free=True,
                          doc="random crops of both batches (sides longer than crop_size)")
     crop_size: tuple[int, int] = setting((512, 512), min_len=2, max_len=2, item=Allowed(ge=1),
+                                         unit="pixels",
                                          doc="[height, width] of the training crops")
     crop_cat_max_ratio: float = setting(1.0, gt=0, le=1, doc="source crops re-drawn while one class "
                                                               "covers >= this share; 1 = off")
     flip_p: float = setting(0.0, ge=0, le=1, doc="left-right flip of each image of both batches")
-    ema_momentum: float = setting(0.99, ge=0, le=1,
+    ema_momentum: float = setting(0.99, ge=0, le=1, unit="per_iteration",
                                   doc="teacher alpha, warmed up as min(1 - 1/(t+1), alpha)")
     threshold: float = setting(0.968, ge=0, le=1,
                                doc="confidence (>=) a target pixel needs to count in the weight")

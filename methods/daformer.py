@@ -35,7 +35,9 @@ source loader to draw ``source_sampler()`` (``MethodContext.source_class_counts`
 ``check_plan`` in a udabench without it.
 
 The method crops (512x512; source crops re-drawn while one class covers >= 75%) and flips (0.5)
-both batches itself, after the benchmark's resize.
+both batches itself, after the benchmark's resize. ``warmup_iters`` (iterations), ``ema_momentum``
+(per iteration) and ``crop_size`` (pixels) declare their units, so a benchmark of another size
+rescales them (MiniCity: 11-iteration warm-up, alpha 0.875, 128x128 crops).
 
 Departures (docs/methods.md):
 - GTA5 is resized to the benchmark's 1280x720 (bicubic); mmseg keeps the aspect (1280x704,
@@ -81,16 +83,17 @@ class DAFormerConfig(OptimConfig):
     weight_decay: float = setting(0.01, ge=0)
     norm_weight_decay: float = setting(0.0, ge=0, doc="weight decay of the encoder's norm layers")
     poly_power: float = setting(1.0, ge=0)
-    warmup_iters: int = setting(1500, ge=0, doc="linear learning-rate warm-up; 0 = off")
+    warmup_iters: int = setting(1500, ge=0, unit="iterations", doc="linear learning-rate warm-up; 0 = off")
     warmup_ratio: float = setting(1e-6, gt=0, le=1, doc="warm-up starts at ratio x lr")
     # -- data (datasets/uda_gta_to_cityscapes_512x512.py) --
     crop: bool = setting(True, free=True, doc="random crops of both batches (sides longer than crop_size)")
-    crop_size: tuple[int, int] = setting((512, 512), min_len=2, max_len=2, item=Allowed(ge=1))
+    crop_size: tuple[int, int] = setting((512, 512), min_len=2, max_len=2, item=Allowed(ge=1),
+                                         unit="pixels")
     crop_cat_max_ratio: float = setting(0.75, gt=0, le=1, doc="source crops re-drawn (10x at most) "
                                                                "while one class covers >= this share")
     flip_p: float = setting(0.5, ge=0, le=1)
     # -- self-training (uda/dacs.py) --
-    ema_momentum: float = setting(0.999, ge=0, le=1)
+    ema_momentum: float = setting(0.999, ge=0, le=1, unit="per_iteration")
     threshold: float = setting(0.968, ge=0, le=1)
     pseudo_ignore_top: int = setting(15, ge=0, doc="rows of weight 0 at reference_height; 0 = off")
     pseudo_ignore_bottom: int = setting(120, ge=0, doc="rows of weight 0 at reference_height; 0 = off")

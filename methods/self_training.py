@@ -96,10 +96,12 @@ class SelfTrainingConfig(OptimConfig):
     source_share_max: float = _unit(default=0.06)
     rounds: int = setting(3, ge=1)
     epochs_per_round: float = setting(2.0, gt=0, doc="epochs over each round's image list")
-    round_iters: int = setting(0, ge=0, doc="0 = the run's iterations after warm-up, split "
-                                              "in proportion to the rounds' list sizes")
-    warmup_iters: int | None = setting(None, ge=0, doc="source-only iterations first; None = 0 "
-                                                        "when started from a run, else half")
+    round_iters: int = setting(0, ge=0, unit="iterations",
+                               doc="0 = the run's iterations after warm-up, split "
+                                   "in proportion to the rounds' list sizes")
+    warmup_iters: int | None = setting(None, ge=0, unit="iterations",
+                                       doc="source-only iterations first; None = 0 "
+                                           "when started from a run, else half")
     label_scale: float = setting(0.9, ge=0, le=2, doc="labelling input = scale x full resolution; "
                                                        "0 = the training resolution")
     label_flip: bool = setting(True, free=True, doc="average with the flipped image's prediction")

@@ -23,11 +23,12 @@ from udabench.method import (IGNORE, Method, OptimConfig, StepOutput, ema_alpha,
 class OnlineSelfTrainingConfig(OptimConfig):
     WHERE: ClassVar[str] = "methods.self-training-online"
 
-    ema_momentum: float = setting(0.99, ge=0, le=1)
+    ema_momentum: float = setting(0.99, ge=0, le=1, unit="per_iteration")
     threshold: float = setting(0.968, ge=0, le=1, doc="as in DACS")
     weighting: Literal["fraction", "mask"] = setting("fraction", choices=("fraction", "mask"))
     target_weight: float = setting(1.0, ge=0)
-    warmup_iters: int = setting(0, ge=0, doc="source-only iterations before the target loss")
+    warmup_iters: int = setting(0, ge=0, unit="iterations",
+                                doc="source-only iterations before the target loss")
     aux_weight: float = setting(0.1, ge=0)
     eval_network: Literal["student", "teacher"] = setting("student", choices=("student", "teacher"))
 

@@ -85,11 +85,21 @@ class Allowed:
         return f"a finite number {text}" if text else "a finite number"
 
 
+# What a recipe's number counts, where a benchmark of another size must rescale it (MiniCity runs
+# every recipe in 300 iterations at a quarter of the real resolution): "iterations" (a count of
+# training steps: a warm-up), "per_iteration" (a decay applied once per step: an EMA momentum),
+# "pixels" (a length at the real protocol's training resolution: a crop side).
+UNITS = ("", "iterations", "per_iteration", "pixels")
+
+
 def setting(default: Any = MISSING, *, default_factory: Any = MISSING, doc: str = "",
-            **rule: Any) -> Any:
-    """A dataclass field with its valid values declared (see :class:`Allowed`)."""
+            unit: str = "", **rule: Any) -> Any:
+    """A dataclass field with its valid values declared (see :class:`Allowed`) and, for a number
+    a benchmark of another size rescales, its ``unit`` (see ``UNITS``)."""
+    if unit not in UNITS:
+        raise ValueError(f"setting unit {unit!r}: expected one of {UNITS}")
     allowed = Allowed(**rule)
-    kwargs: dict[str, Any] = {"metadata": {"allowed": allowed, "doc": doc}}
+    kwargs: dict[str, Any] = {"metadata": {"allowed": allowed, "doc": doc, "unit": unit}}
     if default_factory is not MISSING:
         kwargs["default_factory"] = default_factory
     elif isinstance(default, (list, dict, set)):
@@ -101,6 +111,10 @@ def setting(default: Any = MISSING, *, default_factory: Any = MISSING, doc: str 
 
 def allowed_of(f: dataclasses.Field) -> Allowed | None:
     return f.metadata.get("allowed")
+
+
+def unit_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("unit", "")
 
 
 def _shown(value: Any) -> str:

@@ -133,6 +133,12 @@ def resolve_plan(
                 base[key] = getattr(recipe_cfg, key) * d.lr_scale
                 origins.setdefault(f"methods.{method}.{key}",
                                    f"benchmark {bench.name} (recipe's rate x {d.lr_scale:g})")
+    recipe_cfg = method_cls.Config()
+    published_stop = method_cls.published_schedule(recipe_cfg, bench).get("iters")
+    for key, (value, why) in d.rescaled(recipe_cfg, published_stop, train.iters or d.iters).items():
+        if key not in base:  # a benchmark's explicit default for the method wins
+            base[key] = value
+            origins.setdefault(f"methods.{method}.{key}", f"benchmark {bench.name} ({why})")
     method_cfg = apply_overrides(method_cls.Config(), {**base, **method_overrides}, f"methods.{method}")
     schedule = method_schedule(method_cls, method_cfg, bench)
     recipe = f"{method}'s published schedule on {bench.name}"
