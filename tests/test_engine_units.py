@@ -337,6 +337,59 @@ def test_benchmark_method_defaults_reach_only_methods_with_that_key(tmp_path):
     assert "ndf" not in resolve_plan("source-only", "minicity-gta2cs", *args).method_config
 
 
+def test_rescaled_recipe_numbers_keep_their_share_of_the_run_and_image():
+    from dataclasses import dataclass
+
+    from udabench.benchmarks import REAL_DEFAULTS, RunDefaults
+    from udabench.settings import setting
+
+    @dataclass
+    class Recipe:
+        warmup: int = setting(1500, unit="iterations")
+        off: int = setting(0, unit="iterations")  # 0 and -1 are switches, not counts
+        auto: int = setting(-1, unit="iterations")
+        alpha: float = setting(0.999, unit="per_iteration")
+        frozen: float = setting(1.0, unit="per_iteration")
+        crop: tuple[int, int] = setting((512, 384), unit="pixels")
+        block: int = setting(32, unit="pixels")
+        lr: float = setting(6e-5)
+
+    mini = RunDefaults(iters=300, decay_iters=300, batch_size=8, checkpoint_every=100,
+                       recipe_stop=120_000, pixel_scale=0.25)
+    got = {k: v for k, (v, _) in mini.rescaled(Recipe(), 40_000, 300).items()}
+    # 1500 x 300 / 40000 = 11.25; 0.999 ** (40000 / 300) = exp(-0.13340) = 0.87512
+    assert got == {"warmup": 11, "alpha": pytest.approx(0.87512, abs=1e-5), "crop": (128, 96), "block": 8}
+    assert got["alpha"] ** 300 == pytest.approx(0.999 ** 40_000)  # the same decay over the run
+    # no published stop: the benchmark's stand-in for one (1500 x 300 / 120000 = 3.75)
+    assert mini.rescaled(Recipe(), None, 300)["warmup"][0] == 4
+    assert mini.rescaled(Recipe(), 40_000, 3)["warmup"][0] == 1  # a count never rounds to a switch
+    assert REAL_DEFAULTS.rescaled(Recipe(), 40_000, 40_000) == {}  # the real protocols: as published
+    with pytest.raises(ValueError, match="unit"):
+        setting(1, unit="steps")
+
+
+def test_minicity_rescales_the_recipes_that_declare_units_and_the_user_still_wins(tmp_path):
+    from udabench.config import TrainConfig
+    from udabench.engine.runner import resolve_plan
+
+    args = (0, TrainConfig(), {}, {}, {}, tmp_path, tmp_path)
+    daf = resolve_plan("daformer", "minicity-gta2cs", *args)
+    cfg = daf.method_config
+    assert (cfg["warmup_iters"], cfg["crop_size"]) == (11, (128, 128))
+    assert cfg["ema_momentum"] == pytest.approx(0.999 ** (40_000 / 300))
+    assert "1500 of 40000" in daf.origins["methods.daformer.warmup_iters"]
+    dacs = resolve_plan("dacs", "minicity-gta2cs", *args).method_config
+    assert dacs["ema_momentum"] == pytest.approx(0.99 ** (250_000 / 300)) and dacs["crop_size"] == (128, 128)
+    real = resolve_plan("daformer", "gta2cs", *args).method_config
+    assert (real["warmup_iters"], real["ema_momentum"], real["crop_size"]) == (1500, 0.999, (512, 512))
+    mine = resolve_plan("daformer", "minicity-gta2cs", 0, TrainConfig(), {}, {"warmup_iters": 1500},
+                        {}, tmp_path, tmp_path).method_config
+    assert mine["warmup_iters"] == 1500 and mine["crop_size"] == (128, 128)
+    short = resolve_plan("daformer", "minicity-gta2cs", 0, TrainConfig(iters=30), {}, {}, {},
+                         tmp_path, tmp_path).method_config
+    assert short["warmup_iters"] == 1  # the run's own length: 1500 x 30 / 40000 = 1.1
+
+
 def test_adamw_with_linear_warmup_follows_mmcv(tmp_path):
     """DAFormer's schedule: poly 1.0 over the run times mmcv's linear warm-up (ratio 1e-6)."""
     class Warm(TwoNets):
