@@ -111,7 +111,7 @@ class AdversarialConfig(OptimConfig):
     adv_weight: float | None = setting(None, ge=0, doc="main level; None = 0.001 (bce), 0.01 (lsgan)")
     adv_aux_weight: float = setting(0.0002, ge=0, doc="aux level (multi-level only)")
     aux_weight: float = setting(0.1, ge=0, doc="segmentation CE of the aux head on the source")
-    d_lr: float = setting(1e-4, gt=0, doc="discriminators' Adam learning rate")
+    d_lr: float = setting(1e-4, gt=0, unit="rate", doc="discriminators' Adam learning rate")
     d_betas: tuple[float, float] = setting((0.9, 0.99), min_len=2, max_len=2,
                                            item=Allowed(ge=0, lt=1))
     d_weight_decay: float = setting(0.0, ge=0)

@@ -76,7 +76,8 @@ class DAFormerConfig(OptimConfig):
     WHERE: ClassVar[str] = "methods.daformer"
 
     # -- optimisation (schedules/adamw.py, poly10warm.py) --
-    lr: float = setting(6e-5, gt=0, doc="AdamW lr of the encoder (head x model.head_lr_mult = 10)")
+    lr: float = setting(6e-5, gt=0, unit="rate",
+                        doc="AdamW lr of the encoder (head x model.head_lr_mult = 10)")
     optimizer: Literal["adamw", "sgd"] = setting("adamw", choices=("adamw", "sgd"),
                                                  doc="sgd: momentum, as MIC's AdvSeg/MinEnt rows")
     betas: tuple[float, float] = setting((0.9, 0.999), min_len=2, max_len=2, item=Allowed(ge=0, lt=1))

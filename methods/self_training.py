@@ -77,7 +77,7 @@ def _unit(**kw):
 class SelfTrainingConfig(OptimConfig):
     WHERE: ClassVar[str] = "methods.self-training"
 
-    lr: float = setting(5e-5, gt=0, doc="CBST retraining: constant lr 5e-5 (head 10x)")
+    lr: float = setting(5e-5, gt=0, unit="rate", doc="CBST retraining: constant lr 5e-5 (head 10x)")
     poly_power: float = setting(0.0, ge=0)
     threshold: Literal["class_balanced", "global"] = setting(
         "class_balanced", choices=("class_balanced", "global"))

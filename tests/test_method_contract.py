@@ -59,7 +59,7 @@ def test_recipe_counts_declare_their_unit(method):
     """A benchmark of another size rescales a recipe's iteration counts, teacher decays and crop
     sides from each setting's declared unit (udabench.settings.UNITS); one named as such that
     declares none would run unscaled on MiniCity (a 1,500-iteration warm-up in a 300-iteration run)."""
-    expected = {"_iters": "iterations", "ema_momentum": "per_iteration", "crop_size": "pixels"}
+    expected = {"_iters": "iterations", "ema_momentum": "per_iteration", "crop_size": "pixels", "lr": "rate"}
     for f in dataclasses.fields(METHODS.get(method).Config):
         for suffix, unit in expected.items():
             if f.name.endswith(suffix):

@@ -70,7 +70,8 @@ class RunDefaults:
     # this benchmark's size, so each keeps its share of the run and of the image: "iterations" by
     # run iterations / the recipe's published stop (its published_schedule's ``iters``, else
     # ``recipe_stop``), "per_iteration" decays so the decay over the whole run is the recipe's,
-    # "pixels" by ``pixel_scale``. 0 / 1.0 = recipes run as published (the real protocols).
+    # "pixels" by ``pixel_scale``, "rate" by ``lr_scale``. 0 / 1.0 = recipes run as published (the
+    # real protocols).
     recipe_stop: int = 0
     pixel_scale: float = 1.0
 
@@ -93,6 +94,8 @@ class RunDefaults:
                                                                         else (value,))]
                 out[f.name] = (tuple(scaled) if isinstance(value, tuple) else scaled[0],
                                f"recipe's {value} px x {self.pixel_scale:g}, the benchmark's resolution")
+            elif self.lr_scale != 1.0 and unit == "rate":
+                out[f.name] = (value * self.lr_scale, f"recipe's rate x {self.lr_scale:g}")
         return out
 
     def model_settings(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class OptimConfig(Settings):
 
     WHERE: ClassVar[str] = "methods"
 
-    lr: float = setting(2.5e-4, gt=0, doc="learning rate of the segmenter's backbone")
+    lr: float = setting(2.5e-4, gt=0, unit="rate", doc="learning rate of the segmenter's backbone")
     momentum: float = setting(0.9, ge=0, lt=1, doc="SGD momentum")
     weight_decay: float = setting(5e-4, ge=0)
     poly_power: float = setting(0.9, ge=0, doc="poly learning-rate decay power; 0 = constant")

@@ -88,8 +88,9 @@ class Allowed:
 # What a recipe's number counts, where a benchmark of another size must rescale it (MiniCity runs
 # every recipe in 300 iterations at a quarter of the real resolution): "iterations" (a count of
 # training steps: a warm-up), "per_iteration" (a decay applied once per step: an EMA momentum),
-# "pixels" (a length at the real protocol's training resolution: a crop side).
-UNITS = ("", "iterations", "per_iteration", "pixels")
+# "pixels" (a length at the real protocol's training resolution: a crop side), "rate" (a learning
+# rate: a short budget takes larger steps).
+UNITS = ("", "iterations", "per_iteration", "pixels", "rate")
 
 
 def setting(default: Any = MISSING, *, default_factory: Any = MISSING, doc: str = "",

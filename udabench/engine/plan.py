@@ -126,13 +126,7 @@ def resolve_plan(
     base = d.method_settings(method, known)
     for key in base:
         origins.setdefault(f"methods.{method}.{key}", f"benchmark {bench.name}")
-    if d.lr_scale != 1.0:  # the benchmark's budget scales every rate of the recipe alike
-        recipe_cfg = method_cls.Config()
-        for key in ("lr", "d_lr"):
-            if key in known and key not in base:
-                base[key] = getattr(recipe_cfg, key) * d.lr_scale
-                origins.setdefault(f"methods.{method}.{key}",
-                                   f"benchmark {bench.name} (recipe's rate x {d.lr_scale:g})")
+    # The benchmark's size rescales the recipe's rates, counts and sizes by their declared units.
     recipe_cfg = method_cls.Config()
     published_stop = method_cls.published_schedule(recipe_cfg, bench).get("iters")
     for key, (value, why) in d.rescaled(recipe_cfg, published_stop, train.iters or d.iters).items():
