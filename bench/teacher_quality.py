@@ -1,4 +1,6 @@
-"""How good are an online self-training method's pseudo-labels while it trains? (DACS, DAFormer, MIC)
+"""How good are an online self-training method's pseudo-labels while it trains?
+
+Methods with an EMA teacher: dacs, daformer (and MIC), self-training-online.
 
 Run: python bench/teacher_quality.py daformer [--benchmark minicity-gta2cs --seed 0 --every 25
                                                --images 48 --set methods.daformer.mic=true]
@@ -76,15 +78,17 @@ def probe(method, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -
     if teacher is None:
         return row
     c = method.cfg
+    # self-training-online has no teacher_mode setting: its teacher labels in eval mode
+    mode = getattr(c, "teacher_mode", "eval")
     pseudo, confidence, shares = [], [], []
     for batch in images.split(batch_size):  # train-mode BatchNorm sees batches of the run's size
         # the pseudo-labels exactly as the method makes them (on a copy: train-mode BatchNorm
         # would move the teacher's running statistics) ...
         labels_b, share = teacher_pseudo_labels(method.segment, copy.deepcopy(teacher), batch,
-                                                c.threshold, c.teacher_mode)
+                                                c.threshold, mode)
         # ... and the per-pixel confidence behind them (the same pass again)
         twin = copy.deepcopy(teacher)
-        set_teacher_mode(twin, c.teacher_mode)
+        set_teacher_mode(twin, mode)
         conf_b, again = upsampled(method.segment(batch, twin)["out"], size).softmax(1).max(1)
         assert torch.equal(again.to(torch.uint8), labels_b), "the probe's pass differs from the method's"
         pseudo.append(labels_b)
