@@ -5,7 +5,7 @@ Run: python bench/pseudo_label_quality.py RUN_DIR [--classes 6]
 Only for benchmarks whose target train labels exist on disk (MiniCity has them; on Cityscapes the
 train labels are the oracle's). It reads the round files the `self-training` method keeps under
 RUN_DIR/state/ and never touches the run. Used to explain why CBST-style self-training loses to
-source-only on MiniCity (README, "MiniCity outcome").
+source-only on MiniCity (docs/minicity.md).
 """
 from __future__ import annotations
 

@@ -332,7 +332,7 @@ REAL_DEFAULTS = RunDefaults(iters=120_000, decay_iters=250_000, batch_size=1, ch
 # 11 of 300), per-iteration decays keep their decay over the run (0.999 over 40k -> 0.875 over
 # 300; DACS's 0.99 over 250k -> 2e-4: its teacher is the student, as at the real scale), pixel
 # lengths scale with the resolution (256 / 1024: 512-px crops -> 128). Decided from the protocol
-# alone, but after versions 2-3's results were seen (README, "MiniCity version 4").
+# alone, but after versions 2-3's results were seen (docs/minicity.md, "MiniCity version 4").
 MINICITY_DEFAULTS = RunDefaults(
     iters=300, decay_iters=300, batch_size=8, checkpoint_every=100,
     model=(("backbone", "resnet-tiny"), ("init", "minicity-pretrained"), ("bn_mode", "frozen_affine")),
@@ -362,7 +362,7 @@ SYNTHIA2CS = _register(Benchmark(
 # MiniCity mirrors the real protocols at small size: generated at 512x256, trained at 256x128,
 # evaluated with 256x128 input and logits upsampled to the 512x256 labels; its validation set is
 # complete by construction. Versions 1 (flip 0.5, bilinear, scratch init), 2 (resnet-tiny from
-# classification weights) and 3 (recipes' iteration and pixel counts as published) are README history.
+# classification weights) and 3 (recipes' iteration and pixel counts as published) are in docs/minicity.md.
 _MINI = dict(source_train_size=(256, 128), target_train_size=(256, 128),
              eval_input_size=(256, 128), eval_label_size=(512, 256), minicity=MiniCityParams(),
              target_kind="cityscapes", target_subdir="cityscapes", convention="A", flip_p=0.0,
