@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,6 @@ ORDERS = {"issue19": PUBLISHED, "modern": MODERN}
 def config_word(out: Path, bench: str, word: str) -> str:
     """``method:key=value`` -> the config hash of that method's runs with that setting (DAFormer
     without MIC has no run name in the table's sweep); any other word as it is."""
-    import json
-
     from udabench.results import api
 
     method, _, condition = word.partition(":")
